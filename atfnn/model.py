@@ -1,0 +1,212 @@
+"""ATFNN (section II of the paper) and its Table III ablations, as plain nn.Modules.
+
+Shapes: B batch, F mel bands (80), T frames (128), C channels (c = 8), G groups. The paper writes x̂ ∈ R^{f×t×c};
+inside the network the encodings are kept frame-major, (B, T, F, C), because the T-Encoder reads one frame per step.
+Every choice the paper leaves open is a `ModelConfig` field; docs/model.md quotes the paper beside each.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from atfnn.config import ModelConfig
+from atfnn.errors import ConfigError
+
+VARIANTS = ("atfnn", "tfnn", "afnn", "atnn")
+# Which parts each network of Table III has: (F-Attention, F-Encoder, T-Attention, T-Encoder).
+PARTS = {
+    "atfnn": (True, True, True, True),
+    "tfnn": (False, True, False, True),
+    "afnn": (True, True, False, False),
+    "atnn": (False, False, True, True),
+}
+
+
+def _activate(scores: Tensor, kind: str, group_dim: int) -> Tensor:
+    if kind == "sigmoid":
+        return torch.sigmoid(scores)
+    if kind == "softmax":  # weights of the groups of one frame (or band) sum to one
+        return torch.softmax(scores, dim=group_dim)
+    if kind == "tanh":
+        return torch.tanh(scores)
+    return scores
+
+
+class FAttention(nn.Module):
+    """Eq. (1): x' = x ⊕ (1/c Σ_m a_m ⊗ x), one weight per group of 5 bands of each frame, from a 5x1 convolution."""
+
+    def __init__(self, channels: int = 8, group: int = 5, activation: str = "sigmoid"):
+        super().__init__()
+        self.group, self.activation = group, activation
+        self.conv = nn.Conv2d(1, channels, kernel_size=(group, 1), stride=(group, 1))
+
+    def weights(self, x: Tensor) -> Tensor:
+        """x (B, F, T) -> group weights (B, F/5, T), averaged over the c channels."""
+        a = _activate(self.conv(x.unsqueeze(1)), self.activation, group_dim=2)  # (B, C, F/5, T)
+        return a.mean(dim=1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        a = self.weights(x).repeat_interleave(self.group, dim=1)  # (B, F, T): 5 bands share a weight
+        return x + a * x, a
+
+
+class FEncoder(nn.Module):
+    """Fig. 2: linear 1 -> c, self-attention across the bands of each frame (no positions), add & norm,
+    two 1x5 convolutions (32 and c channels), add & norm. x (B, F, T) -> x̂ (B, T, F, C)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c, k = cfg.channels, cfg.conv_kernel
+        self.conv_axis = cfg.conv_axis
+        self.embed = nn.Linear(1, c)
+        self.attention = nn.MultiheadAttention(c, cfg.heads, dropout=cfg.attention_dropout, batch_first=True)
+        self.norm1 = nn.LayerNorm(c)
+        self.conv1 = nn.Conv1d(c, cfg.conv_channels, k, padding=k // 2)
+        self.conv2 = nn.Conv1d(cfg.conv_channels, c, k, padding=k // 2)
+        self.norm2 = nn.LayerNorm(c)
+        self.dropout = nn.Dropout(cfg.encoder_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, f, t = x.shape
+        h = self.embed(x.transpose(1, 2).reshape(b * t, f, 1))  # (B*T, F, C): one sequence of F tokens per frame
+        attended, _ = self.attention(h, h, h, need_weights=False)
+        h = self.norm1(h + self.dropout(attended))
+        h = self.norm2(h + self.dropout(self._convolve(h, b, t)))
+        return h.reshape(b, t, f, -1)  # (B, T, F, C)
+
+    def _convolve(self, h: Tensor, b: int, t: int) -> Tensor:
+        """The 1x5 convolutions, along the bands of a frame (default) or along the frames of a band."""
+        bt, f, c = h.shape
+        if self.conv_axis == "frequency":
+            y = h.transpose(1, 2)  # (B*T, C, F)
+        else:
+            y = h.reshape(b, t, f, c).permute(0, 2, 3, 1).reshape(b * f, c, t)  # (B*F, C, T)
+        y = self.conv2(F.relu(self.conv1(y)))
+        if self.conv_axis == "frequency":
+            return y.transpose(1, 2)
+        return y.reshape(b, f, c, t).permute(0, 3, 1, 2).reshape(bt, f, c)
+
+
+class TAttention(nn.Module):
+    """Eq. (2): x̂'' = x̂' ⊕ (1/c Σ_n a_n ⊗ x̂'), one weight per group of 8 frames of each band, computed from x."""
+
+    def __init__(self, channels: int = 8, group: int = 8, activation: str = "sigmoid"):
+        super().__init__()
+        self.group, self.activation = group, activation
+        self.conv = nn.Conv2d(1, channels, kernel_size=(1, group), stride=(1, group))
+
+    def weights(self, x: Tensor) -> Tensor:
+        """x (B, F, T) -> group weights (B, F, T/8), averaged over the c channels."""
+        a = _activate(self.conv(x.unsqueeze(1)), self.activation, group_dim=3)  # (B, C, F, T/8)
+        return a.mean(dim=1)
+
+    def forward(self, x: Tensor, encoding: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B, F, T), encoding (B, T, F, C) -> (B, T, F, C) and the weights (B, F, T)."""
+        a = self.weights(x).repeat_interleave(self.group, dim=2)  # (B, F, T): 8 frames share a weight
+        scale = a.transpose(1, 2).unsqueeze(-1)  # (B, T, F, 1), broadcast over the c channels
+        return encoding + scale * encoding, a
+
+
+class TEncoder(nn.Module):
+    """3-layer Bi-LSTM over frames; h = [last forward state, last backward state]. (B, T, D) -> (B, 2*hidden)."""
+
+    def __init__(self, input_size: int, hidden: int = 128, layers: int = 3, dropout: float = 0.0):
+        super().__init__()
+        self.lstm = nn.LSTM(input_size, hidden, layers, batch_first=True, bidirectional=True, dropout=dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, (h_n, _) = self.lstm(x)  # h_n (layers * 2, B, hidden); the last two are the top layer's directions
+        return torch.cat([h_n[-2], h_n[-1]], dim=1)
+
+
+class ATFNN(nn.Module):
+    """Eq. (4) plus a classifier: h' = Te(Fe(x ⊕ Fa(x)) ⊕ Ta(x)), logits = classifier(h'). Subclasses drop parts."""
+
+    variant = "atfnn"
+
+    def __init__(self, num_classes: int, config: ModelConfig | None = None):
+        super().__init__()
+        cfg = config or ModelConfig(variant=self.variant)
+        if cfg.variant != self.variant:
+            raise ConfigError(f"{type(self).__name__} built with model.variant={cfg.variant!r}; use build_model()")
+        self.config, self.num_classes = cfg, num_classes
+        has_fa, has_fe, has_ta, has_te = PARTS[self.variant]
+        c = cfg.channels
+        self.f_attention = FAttention(c, cfg.f_group, cfg.attention_activation) if has_fa else None
+        self.f_encoder = FEncoder(cfg) if has_fe else None
+        self.t_attention = TAttention(c, cfg.t_group, cfg.attention_activation) if has_ta else None
+        frame_size = cfg.n_mels * (c if has_fe else 1)
+        self.t_encoder = TEncoder(frame_size, cfg.lstm_hidden, cfg.lstm_layers, cfg.lstm_dropout) if has_te else None
+        features = 2 * cfg.lstm_hidden if has_te else frame_size
+        self.classifier = _classifier(features, num_classes, cfg)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, F, T) or (B, 1, F, T) log-Mel segments -> logits (B, num_classes)."""
+        return self.forward_with_attention(x)[0]
+
+    def forward_with_attention(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits and the attention maps of this pass, each (B, F, T) and broadcast over its groups (Fig. 6)."""
+        if x.dim() == 4 and x.shape[1] == 1:
+            x = x.squeeze(1)
+        if x.dim() != 3 or x.shape[1:] != (self.config.n_mels, self.config.frames):
+            raise ValueError(
+                f"expected log-Mel segments (batch, {self.config.n_mels}, {self.config.frames}), got {tuple(x.shape)}"
+            )
+        maps: dict[str, Tensor] = {}
+        h = x
+        if self.f_attention is not None:
+            h, maps["f"] = self.f_attention(h)  # x' (B, F, T)
+        if self.f_encoder is not None:
+            h = self.f_encoder(h)  # x̂' (B, T, F, C)
+        else:
+            h = h.transpose(1, 2).unsqueeze(-1)  # (B, T, F, 1)
+        if self.t_attention is not None:
+            h, maps["t"] = self.t_attention(x, h)  # x̂'' (B, T, F, C), T-Attention computed from x
+        if self.t_encoder is not None:
+            h = self.t_encoder(h.flatten(2))  # (B, T, F*C) -> h' (B, 256)
+        else:
+            pooled = h.mean(dim=1) if self.config.afnn_pool == "mean" else h.amax(dim=1)
+            h = pooled.flatten(1)  # (B, F*C)
+        return self.classifier(h), maps
+
+
+class TFNN(ATFNN):
+    """Table III: F-Encoder + T-Encoder, no attention: h = Te(Fe(x))."""
+
+    variant = "tfnn"
+
+
+class AFNN(ATFNN):
+    """Table III: F-Attention + F-Encoder, no T-Encoder; x̂' = Fe(x ⊕ Fa(x)) averaged over frames -> classifier."""
+
+    variant = "afnn"
+
+
+class ATNN(ATFNN):
+    """Table III: T-Attention + T-Encoder on x (one channel, 80 values per frame), no F-Encoder."""
+
+    variant = "atnn"
+
+
+MODELS: dict[str, type[ATFNN]] = {"atfnn": ATFNN, "tfnn": TFNN, "afnn": AFNN, "atnn": ATNN}
+
+
+def _classifier(features: int, num_classes: int, cfg: ModelConfig) -> nn.Module:
+    if cfg.head == "linear":
+        return nn.Sequential(nn.Dropout(cfg.head_dropout), nn.Linear(features, num_classes))
+    hidden = max(num_classes, features // 2)
+    return nn.Sequential(
+        nn.Linear(features, hidden), nn.ReLU(), nn.Dropout(cfg.head_dropout), nn.Linear(hidden, num_classes)
+    )
+
+
+def build_model(config: ModelConfig, num_classes: int) -> ATFNN:
+    """The network of Table III named by `config.variant`."""
+    if config.variant not in MODELS:
+        raise ConfigError(f"Unknown model variant {config.variant!r}; available: {', '.join(MODELS)}")
+    return MODELS[config.variant](num_classes, config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,30 @@
+"""Shared fixtures: where the real corpora are, and skipping (or failing, in CI) when they are missing."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(os.environ.get("ATFNN_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
+
+
+def corpus_root(name: str) -> Path:
+    """The root of a real corpus under ../shared/data; skip the test when it is absent, unless CI requires it."""
+    root = SHARED_DATA / name
+    if not root.is_dir():
+        reason = f"corpus '{name}' not found at {root} (set ATFNN_SHARED_DATA or place ../shared/data beside the checkout)"
+        if os.environ.get("ATFNN_REQUIRE_CORPORA") == "1":
+            pytest.fail(reason + "; ATFNN_REQUIRE_CORPORA=1 makes this an error")
+        pytest.skip(reason)
+    return root
+
+
+@pytest.fixture
+def casia_root() -> Path:
+    return corpus_root("casia")
+
+
+@pytest.fixture
+def emodb_root() -> Path:
+    return corpus_root("emodb")

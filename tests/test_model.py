@@ -1,0 +1,147 @@
+"""The network of section II, checked against the paper's definitions."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from atfnn.config import ModelConfig
+from atfnn.errors import ConfigError
+from atfnn.model import AFNN, ATFNN, ATNN, PARTS, TFNN, FAttention, FEncoder, TAttention, TEncoder, build_model, count_parameters
+
+B, F, T, C = 2, 80, 128, 8
+# Default ATFNN with 6 classes (CASIA): stated in docs/model.md; a change here is a change of architecture.
+ATFNN_PARAMETERS_6_CLASSES = 1_583_606
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def test_f_attention_shapes_and_group_sharing():
+    fa = FAttention(C, 5)
+    x = torch.randn(B, F, T)
+    out, a = fa(x)
+    assert out.shape == (B, F, T) and a.shape == (B, F, T)
+    groups = a.reshape(B, F // 5, 5, T)
+    assert torch.equal(groups, groups[:, :, :1].expand_as(groups)), "5 bands of a group must share one weight"
+    assert not torch.allclose(a[:, 0], a[:, 5]), "different groups should get different weights"
+    assert torch.allclose(out, x + a * x)  # eq. (1)
+    assert fa.weights(x).shape == (B, F // 5, T)
+
+
+def test_f_attention_is_computed_per_frame_from_its_5_bands():
+    fa = FAttention(C, 5)
+    x = torch.randn(1, F, T)
+    y = x.clone()
+    y[0, 10:15, 7] += 3.0  # change one group of one frame
+    diff = (fa.weights(x) - fa.weights(y)).abs() > 0
+    assert diff.sum() == 1 and diff[0, 2, 7]
+
+
+def test_t_attention_shapes_grouping_and_source():
+    ta = TAttention(C, 8)
+    x = torch.randn(B, F, T)
+    enc = torch.randn(B, T, F, C)
+    out, a = ta(x, enc)
+    assert out.shape == (B, T, F, C) and a.shape == (B, F, T)
+    groups = a.reshape(B, F, T // 8, 8)
+    assert torch.equal(groups, groups[..., :1].expand_as(groups)), "8 frames of a group must share one weight"
+    expected = enc + a.transpose(1, 2).unsqueeze(-1) * enc  # eq. (2), broadcast over the c channels
+    assert torch.allclose(out, expected)
+    # the weights come from x, not from the encoding
+    _, a2 = ta(x, torch.randn(B, T, F, C))
+    assert torch.equal(a, a2)
+
+
+def test_f_encoder_shape_and_band_permutation_equivariance():
+    enc = FEncoder(ModelConfig(encoder_dropout=0.0)).eval()
+    x = torch.randn(B, F, T)
+    out = enc(x)
+    assert out.shape == (B, T, F, C)
+    # Self-attention with no positional encoding treats bands as a set; only the 1x5 convolutions see order,
+    # so swapping two frames (the conv axis is frequency) must just swap the outputs of those frames.
+    perm = torch.arange(T)
+    perm[[3, 90]] = perm[[90, 3]]
+    assert torch.allclose(enc(x[:, :, perm]), out[:, perm], atol=1e-5)
+
+
+def test_f_encoder_time_axis_option_mixes_frames():
+    enc = FEncoder(ModelConfig(encoder_dropout=0.0, conv_axis="time")).eval()
+    x = torch.randn(1, F, T)
+    y = x.clone()
+    y[0, :, 50] += 1.0
+    changed = (enc(x) - enc(y)).abs().amax(dim=(0, 2, 3)) > 1e-6  # per frame
+    assert changed[48:53].all() and not changed[:40].any()
+
+
+def test_t_encoder_returns_last_forward_and_last_backward_states():
+    te = TEncoder(F * C, 128, 3)
+    x = torch.randn(B, T, F * C)
+    h = te(x)
+    assert h.shape == (B, 256)
+    outputs, _ = te.lstm(x)  # (B, T, 2*hidden): forward half ends at step T-1, backward half at step 0
+    assert torch.allclose(h[:, :128], outputs[:, -1, :128], atol=1e-6)
+    assert torch.allclose(h[:, 128:], outputs[:, 0, 128:], atol=1e-6)
+    assert te.lstm.num_layers == 3 and te.lstm.bidirectional and te.lstm.hidden_size == 128
+
+
+@pytest.mark.parametrize("variant", ["atfnn", "tfnn", "afnn", "atnn"])
+def test_variants_have_exactly_their_table_iii_parts(variant):
+    model = build_model(ModelConfig(variant=variant), num_classes=4)
+    has_fa, has_fe, has_ta, has_te = PARTS[variant]
+    assert (model.f_attention is not None) == has_fa
+    assert (model.f_encoder is not None) == has_fe
+    assert (model.t_attention is not None) == has_ta
+    assert (model.t_encoder is not None) == has_te
+    logits, maps = model.forward_with_attention(torch.randn(B, F, T))
+    assert logits.shape == (B, 4)
+    assert set(maps) == {k for k, on in (("f", has_fa), ("t", has_ta)) if on}
+
+
+def test_table_iii_parts():
+    assert PARTS == {
+        "atfnn": (True, True, True, True),
+        "tfnn": (False, True, False, True),  # no attention
+        "afnn": (True, True, False, False),  # no T-Encoder
+        "atnn": (False, False, True, True),  # no F-Encoder
+    }
+    assert [type(build_model(ModelConfig(variant=v), 2)) for v in PARTS] == [ATFNN, TFNN, AFNN, ATNN]
+
+
+def test_atnn_feeds_80_values_per_frame_and_atfnn_640():
+    assert build_model(ModelConfig(variant="atnn"), 2).t_encoder.lstm.input_size == F
+    assert build_model(ModelConfig(), 2).t_encoder.lstm.input_size == F * C
+
+
+def test_parameter_count_of_default_atfnn():
+    assert count_parameters(build_model(ModelConfig(), 6)) == ATFNN_PARAMETERS_6_CLASSES
+
+
+@pytest.mark.parametrize("variant", ["atfnn", "tfnn", "afnn", "atnn"])
+def test_gradients_reach_every_parameter(variant):
+    model = build_model(ModelConfig(variant=variant), 3)
+    model(torch.randn(B, F, T)).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"no gradient for {missing}"
+
+
+def test_accepts_channel_axis_and_rejects_wrong_shape():
+    model = build_model(ModelConfig(), 2).eval()
+    x = torch.randn(B, F, T)
+    assert torch.allclose(model(x), model(x.unsqueeze(1)))
+    with pytest.raises(ValueError, match=r"\(batch, 80, 128\)"):
+        model(torch.randn(B, T, F))
+
+
+def test_unknown_variant_and_mismatched_class():
+    with pytest.raises(ConfigError, match="available: atfnn"):
+        build_model(ModelConfig(variant="cnn"), 2)
+    with pytest.raises(ConfigError):
+        TFNN(2, ModelConfig(variant="atfnn"))
+
+
+def test_softmax_attention_sums_to_one_over_groups():
+    fa = FAttention(1, 5, activation="softmax")
+    w = fa.weights(torch.randn(B, F, T))
+    assert torch.allclose(w.sum(dim=1), torch.ones(B, T), atol=1e-5)
