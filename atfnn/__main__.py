@@ -1,0 +1,3 @@
+from atfnn.cli import main
+
+raise SystemExit(main())

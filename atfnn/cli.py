@@ -1,0 +1,240 @@
+"""The `atfnn` command: one entry point, one subcommand per job of the pipeline."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from atfnn.errors import ATFNNError
+
+DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
+
+
+def _split(values: Sequence[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def _config(args: argparse.Namespace):
+    from atfnn.config import load_config
+
+    overrides = list(args.set or [])
+    if getattr(args, "device", None):
+        overrides.append(f"train.device={args.device}")
+    return load_config(args.config, overrides)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from atfnn.config import load_config
+    from atfnn.corpora.synthetic import SyntheticSpec, generate
+    from atfnn.experiment import run_experiment
+
+    out = Path(args.out)
+    began = time.perf_counter()
+    corpus_root = out.parent / f"{out.name}-corpus"
+    print(f"Generating the synthetic corpus in {corpus_root} ...", flush=True)
+    generate(corpus_root, SyntheticSpec(seed=args.seed))
+    config = load_config(DEMO_CONFIG, [f"corpus.root={corpus_root}", f"cache_dir={out.parent / '.cache'}", *(args.set or [])])
+    results = run_experiment(config, out, progress=not args.no_progress)
+    print()
+    print((out / "report.md").read_text())
+    print(f"Chance level is {100 / len(results['labels']):.1f}%. Wall time {time.perf_counter() - began:.0f} s. "
+          f"Artefacts in {out}/ (results.json, report.md, confusion.png, seed-*/<fold>/model).")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from atfnn.experiment import final_epochs, fit_final, run_experiment
+
+    config = _config(args)
+    if args.final:
+        epochs = args.epochs or final_epochs(args.out)
+        model_dir = fit_final(config, Path(args.out) / "final", epochs, progress=not args.no_progress)
+        print(f"final model trained on all speakers for {epochs} epochs: {model_dir}")
+        return 0
+    results = run_experiment(config, args.out, folds=_split(args.folds), seeds=args.seeds, progress=not args.no_progress)
+    print((Path(args.out) / "report.md").read_text())
+    print(f"WAR {results['war']:.2f}  UAR {results['uar']:.2f}  ({args.out}/results.json)")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from atfnn.experiment import prepare_corpus
+
+    config = _config(args)
+    began = time.perf_counter()
+    corpus = prepare_corpus(config, progress=not args.no_progress)
+    print(f"{len(corpus.utterances)} utterances, {corpus.segments.x.shape[0]} segments, labels {corpus.labels} "
+          f"({time.perf_counter() - began:.1f} s; cache in {config.cache_dir})")
+    return 0
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    from atfnn.corpora import available, load_corpus
+    from atfnn.corpora.describe import describe
+
+    if args.action == "list":
+        print("\n".join(available()))
+        return 0
+    if not args.name or not args.root:
+        raise ATFNNError("usage: atfnn corpus describe NAME ROOT [--option key=value]")
+    import yaml
+
+    options = {}
+    for item in args.option or []:
+        key, _, value = item.partition("=")
+        options[key] = yaml.safe_load(value)
+    print(describe(load_corpus(args.name, args.root, **options)))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from atfnn.reports import compare
+
+    print(compare(args.runs), end="")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from atfnn.experiment import load_run_config
+    from atfnn.reports import finalise_run, run_labels
+
+    config = load_run_config(args.run)
+    finalise_run(args.run, run_labels(args.run), config.to_dict(), title=Path(args.run).name)
+    print((Path(args.run) / "report.md").read_text())
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from atfnn.baselines import run_baseline
+
+    config = _config(args)
+    results = run_baseline(
+        config, feature_set=args.features, out=args.out, speaker_norm=args.speaker_norm, folds=_split(args.folds),
+        progress=not args.no_progress,
+    )
+    print((Path(args.out) / "report.md").read_text())
+    print(f"WAR {results['war']:.2f}  UAR {results['uar']:.2f}  ({args.out}/results.json)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from atfnn.inference import predict_main
+
+    return predict_main(args.model, args.inputs, format=args.format, timeline=args.timeline, backend=args.backend,
+                        device=args.device)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from atfnn.explain import explain_corpus_main, explain_main
+
+    if args.corpus:
+        return explain_corpus_main(args.model, args.corpus, args.out)
+    if not args.audio:
+        raise ATFNNError("atfnn explain needs an AUDIO file, or --corpus CONFIG for per-emotion profiles")
+    return explain_main(args.model, args.audio, args.out)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from atfnn.export import export_onnx
+
+    print(export_onnx(args.model, args.onnx))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="atfnn", description="Speech emotion recognition with ATFNN.")
+    from atfnn import __version__
+
+    parser.add_argument("--version", action="version", version=f"atfnn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def experiment_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("config", help="experiment YAML (see configs/)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.max_epochs=30")
+        p.add_argument("--device", help="auto | cpu | cuda | cuda:N (overrides train.device)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("demo", help="synthetic corpus + leave-one-speaker-out ATFNN in a few minutes")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic corpus")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="cross-validated experiment (resumable), or --final for a deployable model")
+    experiment_args(p)
+    p.add_argument("--out", required=True, help="run directory; rerunning the same command resumes")
+    p.add_argument("--folds", action="append", help="only these test speakers/sessions (comma-separated)")
+    p.add_argument("--seeds", type=int, default=1, help="repeat with seeds train.seed, train.seed+1, ...")
+    p.add_argument("--final", action="store_true", help="train on all speakers (epochs: --epochs or the CV run's median best epoch)")
+    p.add_argument("--epochs", type=int, help="epoch count for --final")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("prepare", help="compute (or reuse) the cached log-Mel features of a config's corpus")
+    experiment_args(p)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("corpus", help="list loaders, or describe a corpus on disk (Table I)")
+    p.add_argument("action", choices=["describe", "list"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("root", nargs="?")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="loader option, e.g. scripted=true")
+    p.set_defaults(func=cmd_corpus)
+
+    p = sub.add_parser("compare", help="one table of several runs (Table III layout)")
+    p.add_argument("runs", nargs="+")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="recompute results.json, report.md and confusion.png of a run")
+    p.add_argument("run")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("baseline", help="openSMILE functionals + linear SVM on the same folds")
+    experiment_args(p)
+    p.add_argument("--features", default="eGeMAPSv02", choices=["eGeMAPSv02", "ComParE_2016"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--speaker-norm", action="store_true", help="per-speaker z-normalisation (transductive)")
+    p.add_argument("--folds", action="append")
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("predict", help="emotion of audio files with a trained model")
+    p.add_argument("model", help="a model directory (e.g. RUN/seed-0/<fold>/model) or an .onnx file")
+    p.add_argument("inputs", nargs="+", help="audio files or directories (walked recursively)")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--timeline", action="store_true", help="per-segment probabilities over time")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explain", help="Fig. 6: log-Mel, F- and T-Attention of a file, or per-emotion profiles")
+    p.add_argument("model")
+    p.add_argument("audio", nargs="?")
+    p.add_argument("--corpus", metavar="CONFIG", help="average F-Attention per emotion over this config's corpus")
+    p.add_argument("--out", required=True, help="PNG file (one audio) or directory (--corpus)")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("export", help="export the network to ONNX")
+    p.add_argument("model")
+    p.add_argument("--onnx", required=True, metavar="PATH")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ATFNNError as e:
+        print(f"atfnn: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\natfnn: interrupted; finished folds are kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

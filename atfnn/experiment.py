@@ -1,0 +1,211 @@
+"""The experiment runner: every fold (and seed) of a cross-validated experiment, resumable, ending in a report.
+
+RUN_DIR/config.yaml, run.json (fingerprint), folds/, seed-<s>/<fold>/{last.pt, log.csv, model/, predictions.csv,
+done.json}, results.json, report.md, confusion.png. A fold is finished when its done.json exists (written last,
+atomically); a rerun skips finished folds and resumes an unfinished one from last.pt.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from atfnn import features as feats
+from atfnn.checkpoint import save_model
+from atfnn.config import ExperimentConfig, from_dict, save_config
+from atfnn.corpora import Utterance, load_corpus
+from atfnn.errors import ConfigError, CorpusError
+from atfnn.protocols import Fold, make_folds, select_folds, write_folds
+from atfnn.reports import atomic_write_text, finalise_run, write_predictions
+from atfnn.training import SplitData, evaluate, resolve_device, train_fold
+
+DONE = "done.json"
+
+
+@dataclass
+class PreparedCorpus:
+    utterances: list[Utterance]
+    labels: list[str]
+    segments: feats.Segments
+    seg_labels: torch.Tensor  # class index per segment
+
+
+def prepare_corpus(config: ExperimentConfig, progress: bool = True, log: Callable[[str], None] = print) -> PreparedCorpus:
+    """Load the corpus, report what was skipped, compute (or reuse) cached features, cut segments."""
+    report = load_corpus(config.corpus.name, config.corpus.root, **config.corpus.options)
+    store = feats.prepare(report.utterances, config.frontend, config.cache_dir, progress=progress)
+    skipped = list(report.skipped) + list(store.skipped)
+    if skipped:
+        log(f"{len(skipped)} file(s) skipped:")
+        for path, reason in skipped[:20]:
+            log(f"  {path}: {reason}")
+        if len(skipped) > 20:
+            log(f"  ... and {len(skipped) - 20} more")
+    usable = [u for u in report.utterances if u.uid in store]
+    segments = feats.build_segments(store, usable, config.frontend)
+    for uid, reason in getattr(segments, "dropped", []):
+        log(f"  dropped {uid}: {reason}")
+    kept = set(segments.utterance_uids)
+    utterances = [u for u in usable if u.uid in kept]
+    if not utterances:
+        raise CorpusError(f"{config.corpus.root}: no usable utterance left after feature extraction")
+    labels = sorted({u.label for u in utterances})
+    by_uid = {u.uid: u for u in utterances}
+    index = {label: i for i, label in enumerate(labels)}
+    seg_labels = torch.tensor(
+        [index[by_uid[segments.utterance_uids[i]].label] for i in segments.utt], dtype=torch.long
+    )
+    return PreparedCorpus(utterances, labels, segments, seg_labels)
+
+
+def split_data(corpus: PreparedCorpus, uids: Sequence[str], device: torch.device | None = None) -> SplitData:
+    """The segments of the utterances `uids`, as a SplitData whose utterance indices are local to the split."""
+    seg = corpus.segments
+    wanted = {uid: i for i, uid in enumerate(uids)}
+    global_to_local = np.array([wanted.get(uid, -1) for uid in seg.utterance_uids], dtype=np.int64)
+    local = global_to_local[seg.utt]
+    mask = local >= 0
+    rows = torch.from_numpy(np.flatnonzero(mask))
+    x = seg.x.index_select(0, rows)
+    if device is not None and device.type != "cpu":
+        x = x.to(device)
+    by_uid = {u.uid: u for u in corpus.utterances}
+    return SplitData(
+        x=x,
+        y=corpus.seg_labels.index_select(0, rows),
+        utt=local[mask],
+        uids=list(uids),
+        utt_labels=[by_uid[uid].label for uid in uids],
+    )
+
+
+def check_run_dir(out: Path, config: ExperimentConfig) -> None:
+    """Refuse to mix two configurations in one run directory; record the configuration on first use."""
+    run_file = out / "run.json"
+    fingerprint = config.fingerprint()
+    if run_file.is_file():
+        previous = json.loads(run_file.read_text())
+        if previous.get("fingerprint") != fingerprint:
+            raise ConfigError(
+                f"{out} holds a run of another configuration (fingerprint {previous.get('fingerprint')} != {fingerprint}); "
+                f"compare {out / 'config.yaml'} with yours, or choose a new --out directory"
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    atomic_write_text(run_file, json.dumps({"fingerprint": fingerprint, "created": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    out: str | Path,
+    folds: Sequence[str] | None = None,
+    seeds: int = 1,
+    progress: bool = True,
+    on_fold_done: Callable[[str, int], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run (or resume) every selected fold for `seeds` seeds (train.seed, train.seed + 1, ...); return results."""
+    out = Path(out)
+    check_run_dir(out, config)
+    if config.train.threads > 0:
+        torch.set_num_threads(config.train.threads)
+    device = resolve_device(config.train.device)
+    corpus = prepare_corpus(config, progress=progress, log=log)
+    all_folds = make_folds(
+        corpus.utterances, config.protocol.kind, config.protocol.validation, config.protocol.val_fraction,
+        config.protocol.seed,
+    )
+    write_folds(all_folds, corpus.utterances, out)
+    chosen = select_folds(all_folds, folds)
+    for seed in range(config.train.seed, config.train.seed + seeds):
+        for fold in chosen:
+            fold_dir = out / f"seed-{seed}" / fold.name
+            if (fold_dir / DONE).is_file():
+                log(f"seed {seed}, fold {fold.name}: done, skipped")
+                continue
+            log(f"seed {seed}, fold {fold.name}: training on {len(fold.train)} utterances, "
+                f"validating on {len(fold.validation)}, testing on {len(fold.test)} ({device})")
+            run_fold(config, corpus, fold, fold_dir, seed, device, progress)
+            if on_fold_done is not None:
+                on_fold_done(fold.name, seed)
+    return finalise_run(out, corpus.labels, config.to_dict(), title=out.name)
+
+
+def run_fold(
+    config: ExperimentConfig, corpus: PreparedCorpus, fold: Fold, fold_dir: Path, seed: int, device: torch.device,
+    progress: bool = True,
+) -> dict:
+    began = time.perf_counter()
+    # Each fold gets its own seed so that a fold's result does not depend on which folds ran before it.
+    fold_seed = seed * 1000 + zlib.crc32(fold.name.encode()) % 1000
+    train = split_data(corpus, fold.train, device)
+    validation = split_data(corpus, fold.validation, device) if fold.validation else None
+    test = split_data(corpus, fold.test, device)
+    result = train_fold(
+        config.model, config.train, corpus.labels, train, validation, fold_dir, fold_seed, device, progress=progress
+    )
+    scores = evaluate(result.model, test, corpus.labels, device, config.train.precision, config.train.aggregate)
+    by_uid = {u.uid: u for u in corpus.utterances}
+    rows = [
+        {"uid": uid, "speaker": by_uid[uid].speaker, "label": t, "pred": p, "probs": probs}
+        for uid, t, p, probs in zip(scores["uids"], scores["y_true"], scores["y_pred"], scores["probs"])
+    ]
+    write_predictions(fold_dir / "predictions.csv", rows, corpus.labels)
+    save_model(
+        result.model, corpus.labels, config.frontend, fold_dir / "model",
+        info={"corpus": config.corpus.name, "fold": fold.name, "seed": seed, "best_epoch": result.best_epoch},
+    )
+    done = {
+        "fold": fold.name, "seed": seed, "best_epoch": result.best_epoch, "epochs": result.epochs,
+        "war": scores["war"], "uar": scores["uar"], "segment_war": scores["segment_war"], "n": len(rows),
+        "seconds": round(time.perf_counter() - began, 1),
+    }
+    atomic_write_text(fold_dir / DONE, json.dumps(done, indent=2) + "\n")
+    (fold_dir / "last.pt").unlink(missing_ok=True)
+    return done
+
+
+def final_epochs(run_dir: str | Path) -> int:
+    """The epoch count for a model on all speakers: the median best epoch of a cross-validation run's folds."""
+    done = [json.loads(p.read_text()) for p in Path(run_dir).glob(f"seed-*/*/{DONE}")]
+    if not done:
+        raise ConfigError(f"{run_dir}: no finished fold to take the epoch count from; run `atfnn train` first")
+    return max(1, int(round(statistics.median(d["best_epoch"] for d in done))))
+
+
+def fit_final(
+    config: ExperimentConfig, out: str | Path, epochs: int, progress: bool = True, log: Callable[[str], None] = print
+) -> Path:
+    """Train one deployable model on every speaker of the corpus for a fixed number of epochs; returns its directory."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.train.threads > 0:
+        torch.set_num_threads(config.train.threads)
+    device = resolve_device(config.train.device)
+    corpus = prepare_corpus(config, progress=progress, log=log)
+    data = split_data(corpus, [u.uid for u in corpus.utterances], device)
+    log(f"final model: {len(corpus.utterances)} utterances, {epochs} epochs ({device})")
+    result = train_fold(
+        config.model, config.train, corpus.labels, data, None, out / "work", config.train.seed, device, epochs, progress
+    )
+    model_dir = save_model(
+        result.model, corpus.labels, config.frontend, out / "model",
+        info={"corpus": config.corpus.name, "speakers": "all", "epochs": epochs, "seed": config.train.seed},
+    )
+    save_config(config, out / "config.yaml")
+    (out / "work" / "last.pt").unlink(missing_ok=True)
+    return model_dir
+
+
+def load_run_config(run_dir: str | Path) -> ExperimentConfig:
+    import yaml
+
+    return from_dict(yaml.safe_load((Path(run_dir) / "config.yaml").read_text()))

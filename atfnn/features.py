@@ -1,0 +1,608 @@
+"""The feature cache: full-utterance log-Mel spectrograms computed once, then normalised and cut into segments.
+
+prepare -> FeatureStore -> (normalise_stats) -> build_segments -> Segments (the tensors training reads every epoch).
+
+Cache layout, one directory per log-Mel configuration and one "pack" per set of audio files:
+
+    <cache_dir>/logmel-<config hash>/pack-<hash of the sorted file keys>/
+        features.npy   float32 (total_frames, n_mels): every utterance's frames, one after the other
+        index.json     uid -> offset, n_frames, file key, path; plus the files that could not be read, and why
+        complete       written last; a pack without it is ignored and removed
+
+Whole utterances are stored, not segments, so changing the segment hop, padding or normalisation reuses the cache.
+A file key hashes (resolved path, size, mtime_ns): editing a file recomputes only that file, the rest is copied from
+any older pack of the same configuration. Packs are built in a temporary directory and renamed into place, so an
+interrupted prepare never leaves a pack that looks complete. Older packs are kept (another set of files may need
+them); deleting `cache_dir` at any time when no prepare is running is safe.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from atfnn.audio import load_audio, log_mel_spectrogram, segment_starts
+from atfnn.config import FrontEndConfig
+from atfnn.corpora.base import Utterance
+from atfnn.errors import ATFNNError, AudioError
+
+# Bump when the stored features change for the same configuration (a fix in the front end, a new layout).
+CACHE_VERSION = 1
+# The FrontEndConfig fields that change the log-Mel values; segmenting and normalisation happen after the cache.
+LOGMEL_FIELDS = ("sample_rate", "win_length", "hop_length", "n_fft", "n_mels", "fmin", "fmax", "log_floor")
+FEATURES_FILE = "features.npy"
+INDEX_FILE = "index.json"
+COMPLETE_FILE = "complete"
+TMP_PREFIX = ".tmp-"
+STD_FLOOR = 1e-5
+NORM_MODES = ("none", "utterance", "speaker")
+# Measured on CASIA (1200 files, 2 cores): a forked pool is about twice as fast as one process. Below this many
+# files the pool's start-up is not worth it (and serial work keeps tests' monkeypatching effective).
+POOL_MIN_FILES = 128
+GATHER_CHUNK = 2048  # segments gathered at a time: bounds the temporary copy to ~80 MB at 80 x 128 float32
+
+Stats = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+# ----------------------------------------------------------------------------------------------------- the store
+class FeatureStore:
+    """Full-utterance log-Mel features of one pack, memory-mapped.
+
+    `skipped` lists (path, reason) for every utterance whose audio could not be read: they are not in the store, and
+    the caller must report them (the CLI prints them) since nothing else will.
+    """
+
+    def __init__(self, path: Path, entries: dict[str, tuple[int, int]], skipped: list[tuple[str, str]], n_mels: int):
+        self.path = Path(path)
+        self.skipped = skipped
+        self.n_mels = n_mels
+        self._entries = entries  # uid -> (offset, n_frames)
+        self._skip_reasons = dict(skipped)
+        self._data: np.ndarray | None = None
+
+    @property
+    def uids(self) -> list[str]:
+        return list(self._entries)
+
+    @property
+    def data(self) -> np.ndarray:
+        """The whole pack, (total_frames, n_mels), read-only and memory-mapped (opened on first use)."""
+        if self._data is None:
+            self._data = _load_features(self.path)
+        return self._data
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def location(self, uid: str) -> tuple[int, int]:
+        """(first row in `data`, n_frames) of an utterance."""
+        try:
+            return self._entries[uid]
+        except KeyError:
+            raise KeyError(f"{uid} is not in the feature store {self.path}{self._why_missing(uid)}") from None
+
+    def n_frames(self, uid: str) -> int:
+        return self.location(uid)[1]
+
+    def logmel(self, uid: str) -> np.ndarray:
+        """(n_mels, n_frames) log-Mel of one utterance: a read-only, transposed view into the memory map."""
+        offset, n_frames = self.location(uid)
+        return self.data[offset : offset + n_frames].T
+
+    def skip_reason(self, uid: str) -> str | None:
+        return self._skip_reasons.get(uid)
+
+    def _why_missing(self, uid: str) -> str:
+        reason = self.skip_reason(uid)
+        return f" (skipped by prepare: {reason})" if reason else " (was it passed to prepare?)"
+
+    def __getstate__(self) -> dict:
+        # DataLoader workers and process pools pickle the store: reopen the memory map there, never copy it.
+        return {**self.__dict__, "_data": None}
+
+
+def _load_features(pack: Path) -> np.ndarray:
+    return np.load(pack / FEATURES_FILE, mmap_mode="r")
+
+
+# ----------------------------------------------------------------------------------------------------- prepare
+def prepare(
+    utterances: Sequence[Utterance],
+    frontend: FrontEndConfig,
+    cache_dir: str | Path,
+    progress: bool = True,
+) -> FeatureStore:
+    """Log-Mel features of every utterance, from the cache when it holds them, computing only what is missing.
+
+    Audio that cannot be read (AudioError: missing, empty, undecodable, NaN samples, too short) does not stop the
+    run: it lands in `store.skipped` as (path, reason) and is left out of the store. The caller must report it.
+    """
+    config_dir = Path(cache_dir) / f"logmel-{config_hash(frontend)}"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    _write_config(config_dir, frontend)
+    _remove_incomplete(config_dir)
+
+    uid_keys: dict[str, str] = {}  # uid -> file key
+    files: dict[str, str] = {}  # file key -> path
+    unreadable: dict[str, str] = {}  # uid -> reason, files that cannot even be stat'ed
+    for utt in utterances:
+        try:
+            key = file_key(utt.path)
+        except OSError as e:
+            unreadable[utt.uid] = f"cannot be read ({e.strerror or e})"
+            continue
+        uid_keys[utt.uid] = key
+        files.setdefault(key, str(utt.path))
+
+    pack = config_dir / f"pack-{_digest(sorted(files))}"
+    index = _read_complete_index(pack)
+    if index is None:
+        _build_pack(pack, files, frontend, progress)
+        index = _read_complete_index(pack)
+        if index is None:
+            raise ATFNNError(f"{pack}: the feature pack just written cannot be read back; is the disk full?")
+    return _open_store(pack, index, utterances, uid_keys, unreadable, frontend.n_mels)
+
+
+def write_store(logmels: Mapping[str, np.ndarray], pack: str | Path) -> FeatureStore:
+    """A store from in-memory (n_mels, n_frames) arrays keyed by uid (synthetic data, tests); replaces `pack`."""
+    arrays = {uid: np.asarray(a, dtype=np.float32) for uid, a in logmels.items()}
+    if any(a.ndim != 2 for a in arrays.values()) or len({a.shape[0] for a in arrays.values()}) > 1:
+        shapes = sorted({a.shape for a in arrays.values()})
+        raise ATFNNError(f"write_store: expected (n_mels, n_frames) arrays with one n_mels, got shapes {shapes}")
+    n_mels = next(iter(arrays.values())).shape[0] if arrays else 0
+    pack = Path(pack)
+    pack.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(pack, ignore_errors=True)
+    located = _write_pack(
+        pack, n_mels, {uid: uid for uid in arrays},
+        ((uid, a.T, None) for uid, a in arrays.items()), None,
+    )
+    return FeatureStore(pack, located, [], n_mels)
+
+
+def config_hash(frontend: FrontEndConfig) -> str:
+    """Hash of the fields that change the log-Mel values (not segmenting or normalisation)."""
+    return _digest([CACHE_VERSION, _logmel_config(frontend)])
+
+
+def file_key(path: str | Path) -> str:
+    """Hash of (resolved path, size, mtime_ns): changes when the file is replaced or edited."""
+    path = Path(path).resolve()
+    st = path.stat()
+    return _digest([str(path), st.st_size, st.st_mtime_ns])
+
+
+def _logmel_config(frontend: FrontEndConfig) -> dict:
+    return {name: getattr(frontend, name) for name in LOGMEL_FIELDS}
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _write_config(config_dir: Path, frontend: FrontEndConfig) -> None:
+    """For people browsing the cache: which front end this directory holds."""
+    path = config_dir / "config.json"
+    if not path.exists():
+        _write_json_atomic(path, {"version": CACHE_VERSION, **_logmel_config(frontend)})
+
+
+def _write_json_atomic(path: Path, data: object) -> None:
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}-{uuid.uuid4().hex}")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _read_complete_index(pack: Path) -> dict | None:
+    """The pack's index, or None when it is absent, unfinished or unreadable."""
+    if not (pack / COMPLETE_FILE).is_file():
+        return None
+    try:
+        return json.loads((pack / INDEX_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _remove_incomplete(config_dir: Path) -> None:
+    """Remove packs without their `complete` marker and temporary dirs of prepares that died (never a live one)."""
+    for path in config_dir.iterdir():
+        if path.name.startswith("pack-") and path.is_dir() and not (path / COMPLETE_FILE).is_file():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.name.startswith(TMP_PREFIX) and not _owner_alive(path.name):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _owner_alive(tmp_name: str) -> bool:
+    """Temporary names end in -<pid>-<random>; a dead pid means a killed prepare left it behind.
+
+    (A prepare that raises removes its own temporary dir, so a live pid, ours included, may still be writing.)
+    """
+    try:
+        pid = int(tmp_name.rsplit("-", 2)[-2])
+    except (IndexError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _build_pack(pack: Path, files: dict[str, str], frontend: FrontEndConfig, progress: bool) -> None:
+    """Write the pack for `files` (key -> path): entries of older packs are copied, the rest computed."""
+    reuse, reuse_skipped = _reusable(pack.parent, set(files))
+    todo = [(key, path) for key, path in files.items() if key not in reuse and key not in reuse_skipped]
+
+    def blocks() -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+        for source, items in _group_by_pack(reuse).items():
+            data = _load_features(source)
+            for key, (offset, n_frames) in items:
+                yield key, data[offset : offset + n_frames], None
+        yield from ((key, None, reason) for key, reason in reuse_skipped.items())
+        for (key, _), (rows, reason) in zip(todo, _compute(todo, frontend, progress)):
+            yield key, rows, reason
+
+    _write_pack(pack, frontend.n_mels, files, blocks(), _logmel_config(frontend))
+
+
+def _write_pack(
+    pack: Path,
+    n_mels: int,
+    paths: dict[str, str],
+    blocks: Iterable[tuple[str, np.ndarray | None, str | None]],
+    frontend: dict | None,
+) -> dict[str, tuple[int, int]]:
+    """Write (key, rows (n_frames, n_mels) or None, skip reason) blocks in a temporary dir, then rename it to `pack`.
+
+    Returns key -> (offset, n_frames). `paths` maps each key to its path, which is also its uid in the index.
+    """
+    tmp = pack.with_name(f"{TMP_PREFIX}{pack.name}-{os.getpid()}-{uuid.uuid4().hex}")
+    tmp.mkdir()
+    try:
+        located: dict[str, tuple[int, int]] = {}
+        skipped: dict[str, str] = {}
+        with _FeatureWriter(tmp / FEATURES_FILE, n_mels) as writer:
+            for key, rows, reason in blocks:
+                if rows is None:
+                    skipped[key] = reason or "unknown"
+                else:
+                    located[key] = (writer.append(rows), len(rows))
+        index = {
+            "version": CACHE_VERSION,
+            "frontend": frontend,
+            "n_mels": n_mels,
+            "total_frames": writer.total,
+            "utterances": {
+                paths[key]: {"offset": off, "n_frames": n, "key": key, "path": paths[key]}
+                for key, (off, n) in located.items()
+            },
+            "skipped": [{"key": key, "path": paths[key], "reason": reason} for key, reason in skipped.items()],
+        }
+        (tmp / INDEX_FILE).write_text(json.dumps(index))
+        (tmp / COMPLETE_FILE).write_text("ok\n")  # last: only a fully written pack carries it
+        _move_into_place(tmp, pack)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return located
+
+
+def _move_into_place(tmp: Path, pack: Path) -> None:
+    try:
+        os.rename(tmp, pack)
+    except OSError:
+        if _read_complete_index(pack) is not None:
+            return  # another process finished the same pack first; its content is the same
+        shutil.rmtree(pack, ignore_errors=True)
+        os.rename(tmp, pack)
+
+
+def _reusable(config_dir: Path, keys: set[str]) -> tuple[dict[str, tuple[Path, int, int]], dict[str, str]]:
+    """Entries of `keys` already in complete packs of this configuration: (pack, offset, n_frames), and skip reasons."""
+    found: dict[str, tuple[Path, int, int]] = {}
+    skipped: dict[str, str] = {}
+    packs = sorted(config_dir.glob("pack-*"), key=lambda p: p.stat().st_mtime_ns, reverse=True)  # newest first
+    for pack in packs:
+        index = _read_complete_index(pack)
+        if index is None or index.get("version") != CACHE_VERSION:
+            continue
+        for entry in index["utterances"].values():
+            if entry["key"] in keys and entry["key"] not in found:
+                found[entry["key"]] = (pack, entry["offset"], entry["n_frames"])
+        for entry in index["skipped"]:
+            if entry["key"] in keys and entry["key"] not in found:
+                skipped.setdefault(entry["key"], entry["reason"])
+        if len(found) + len(skipped) >= len(keys):
+            break
+    return found, {k: r for k, r in skipped.items() if k not in found}
+
+
+def _group_by_pack(reuse: dict[str, tuple[Path, int, int]]) -> dict[Path, list[tuple[str, tuple[int, int]]]]:
+    groups: dict[Path, list[tuple[str, tuple[int, int]]]] = {}
+    for key, (pack, offset, n_frames) in reuse.items():
+        groups.setdefault(pack, []).append((key, (offset, n_frames)))
+    return groups
+
+
+class _FeatureWriter:
+    """Appends (n_frames, n_mels) blocks to a .npy file whose row count is known only at the end."""
+
+    def __init__(self, path: Path, n_mels: int):
+        self.path, self.n_mels, self.total = path, n_mels, 0
+        self._file = open(path, "wb")
+        # numpy pads the header so the first axis can grow to 21 digits: rewriting it at the end keeps its length.
+        self._header_len = self._file.write(self._header())
+
+    def _header(self) -> bytes:
+        buf = io.BytesIO()
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
+                  "shape": (self.total, self.n_mels)}
+        np.lib.format.write_array_header_1_0(buf, header)
+        return buf.getvalue()
+
+    def append(self, rows: np.ndarray) -> int:
+        """Write one utterance's rows; returns its first row."""
+        offset = self.total
+        self._file.write(np.ascontiguousarray(rows, dtype="<f4").tobytes())
+        self.total += len(rows)
+        return offset
+
+    def __enter__(self) -> _FeatureWriter:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        try:
+            if exc_type is None:
+                header = self._header()
+                if len(header) != self._header_len:
+                    raise ATFNNError(f"{self.path}: .npy header grew; numpy>=1.24 is required for the feature cache")
+                self._file.seek(0)
+                self._file.write(header)
+        finally:
+            self._file.close()
+
+
+# ----------------------------------------------------------------------------------------------------- computing
+def _compute(
+    todo: list[tuple[str, str]], frontend: FrontEndConfig, progress: bool
+) -> Iterator[tuple[np.ndarray | None, str | None]]:
+    """(rows (n_frames, n_mels) or None, skip reason) per file, in the order of `todo`."""
+    paths = [path for _, path in todo]
+    workers = min(os.cpu_count() or 1, len(paths))
+    pool = _pool(workers) if _use_pool(len(paths)) else None
+    threads = torch.get_num_threads()
+    try:
+        if pool is None:
+            torch.set_num_threads(1)  # one file's STFT is too small to split: more threads were 1.5-3x slower here
+            results = (_logmel_rows(path, frontend) for path in paths)
+        else:
+            # map() submits everything, so the workers fork here, before tqdm may start its monitor thread.
+            chunksize = max(1, min(32, len(paths) // (workers * 8)))
+            results = pool.map(_logmel_rows, paths, [frontend] * len(paths), chunksize=chunksize)
+        bar = tqdm(total=len(paths), desc="log-Mel features", unit="file", disable=not progress or not sys.stderr.isatty())
+        with bar:
+            for result in results:
+                yield result
+                bar.update()
+    finally:
+        torch.set_num_threads(threads)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _use_pool(n_files: int) -> bool:
+    # fork only: spawn/forkserver re-import torch in every worker (seconds), more than the work saved on a corpus.
+    return n_files >= POOL_MIN_FILES and (os.cpu_count() or 1) > 1 and "fork" in multiprocessing.get_all_start_methods()
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_init_worker)
+
+
+def _init_worker() -> None:
+    # One thread per worker: the workers already use every core, and a forked libgomp must not start a parallel region.
+    torch.set_num_threads(1)
+
+
+def _logmel_rows(path: str, frontend: FrontEndConfig) -> tuple[np.ndarray | None, str | None]:
+    """(n_frames, n_mels) float32 log-Mel of one file, or (None, why it cannot be read)."""
+    try:
+        wave = load_audio(path, frontend.sample_rate)
+        logmel = log_mel_spectrogram(wave, frontend, source=path)
+    except AudioError as e:
+        return None, e.reason
+    return np.ascontiguousarray(logmel.numpy().T, dtype=np.float32), None
+
+
+def _open_store(
+    pack: Path,
+    index: dict,
+    utterances: Sequence[Utterance],
+    uid_keys: dict[str, str],
+    unreadable: dict[str, str],
+    n_mels: int,
+) -> FeatureStore:
+    """Map the caller's uids onto the pack by file key (the same files may be listed under other uids)."""
+    by_key = {e["key"]: (e["offset"], e["n_frames"]) for e in index["utterances"].values()}
+    skip_reason = {e["key"]: e["reason"] for e in index["skipped"]}
+    entries: dict[str, tuple[int, int]] = {}
+    skipped: dict[str, str] = {}
+    for utt in utterances:
+        key = uid_keys.get(utt.uid)
+        if key in by_key:
+            entries[utt.uid] = by_key[key]
+        else:
+            skipped[utt.uid] = unreadable.get(utt.uid) or skip_reason.get(key, "missing from the feature pack")
+    return FeatureStore(pack, entries, list(skipped.items()), n_mels)
+
+
+# ----------------------------------------------------------------------------------------------------- normalising
+def normalise_stats(store: FeatureStore, utterances: Sequence[Utterance], mode: str) -> Stats:
+    """Per-band (mean, std), each (n_mels, 1) float32, for every utterance in the store; {} for mode "none".
+
+    "utterance": statistics of the utterance's own frames. "speaker": statistics pooled over all frames of every
+    utterance of that speaker among `utterances` -- transductive, since a test speaker's statistics come from their
+    own unlabelled test audio (no labels are used). Not in the paper. std is the population std, floored at 1e-5.
+    """
+    if mode not in NORM_MODES:
+        raise ATFNNError(f"normalisation mode {mode!r} is not one of {', '.join(NORM_MODES)}")
+    present = [u for u in utterances if u.uid in store]
+    if mode == "none":
+        return {}
+    if mode == "utterance":
+        return {u.uid: _finish(*_moments(store.logmel(u.uid))) for u in present}
+    pooled: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
+    seen: set[str] = set()
+    for u in present:
+        if u.uid in seen:
+            continue
+        seen.add(u.uid)
+        moments = _moments(store.logmel(u.uid))
+        pooled[u.speaker] = _combine(pooled[u.speaker], moments) if u.speaker in pooled else moments
+    per_speaker = {speaker: _finish(*m) for speaker, m in pooled.items()}
+    return {u.uid: per_speaker[u.speaker] for u in present}
+
+
+def _moments(logmel: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count, mean, sum of squared deviations) per band, in float64."""
+    x = np.asarray(logmel, dtype=np.float64)
+    mean = x.mean(axis=1)
+    return x.shape[1], mean, np.square(x - mean[:, None]).sum(axis=1)
+
+
+def _combine(a: tuple[int, np.ndarray, np.ndarray], b: tuple[int, np.ndarray, np.ndarray]):
+    """Chan et al.'s pairwise update: pooled moments without holding a speaker's frames in memory."""
+    (na, ma, sa), (nb, mb, sb) = a, b
+    n = na + nb
+    delta = mb - ma
+    return n, ma + delta * nb / n, sa + sb + np.square(delta) * na * nb / n
+
+
+def _finish(count: int, mean: np.ndarray, m2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    std = np.maximum(np.sqrt(m2 / count), STD_FLOOR)
+    return mean.astype(np.float32)[:, None], std.astype(np.float32)[:, None]
+
+
+# ----------------------------------------------------------------------------------------------------- segmenting
+@dataclass
+class Segments:
+    """Training input: every segment of every utterance, in memory.
+
+    x[i] is a segment of utterance utterance_uids[utt[i]]; `utterance_uids` is the `utterances` list given to
+    build_segments, in order, so `utt` also indexes that list (labels: np.asarray(labels)[segments.utt]).
+    `dropped` lists (uid, reason) for utterances that gave no segment.
+    """
+
+    x: torch.Tensor  # (N, n_mels, segment_frames) float32, contiguous
+    utt: np.ndarray  # (N,) int64
+    utterance_uids: list[str]
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.utt)
+
+
+def build_segments(
+    store: FeatureStore,
+    utterances: Sequence[Utterance],
+    frontend: FrontEndConfig,
+    stats: Stats | None = None,
+) -> Segments:
+    """Normalise (frontend.norm) and cut every utterance exactly as `atfnn.audio.segment` does.
+
+    Utterances that prepare skipped, or that pad_short="drop" leaves without a segment, go to `dropped`.
+    `stats` defaults to normalise_stats(store, utterances, frontend.norm); pass stats computed over a larger
+    set (e.g. the whole corpus for "speaker") to build the segments of a subset.
+    Normalisation uses the statistics of the real frames; "silence" padding is the log floor normalised the same way,
+    so padding still reads as silence after normalising.
+    """
+    if stats is None:
+        stats = normalise_stats(store, utterances, frontend.norm)
+    length = frontend.segment_frames
+    uids = [u.uid for u in utterances]
+    dropped: list[tuple[str, str]] = []
+    seg_utt, seg_base, seg_len = [], [], []
+    for i, uid in enumerate(uids):
+        if uid not in store:
+            reason = store.skip_reason(uid)
+            if reason is None:
+                raise ATFNNError(f"{uid} is not in the feature store {store.path}; pass every utterance to prepare()")
+            dropped.append((uid, reason))
+            continue
+        offset, n_frames = store.location(uid)
+        starts = segment_starts(n_frames, length, frontend.segment_hop, frontend.pad_short)
+        if not starts:
+            dropped.append((uid, _too_short(n_frames, frontend)))
+            continue
+        seg_utt.extend([i] * len(starts))
+        seg_base.extend(offset + s for s in starts)
+        seg_len.extend([min(n_frames, length)] * len(starts))
+    utt = np.asarray(seg_utt, dtype=np.int64)
+    x = _gather(store, utt, np.asarray(seg_base, dtype=np.int64), np.asarray(seg_len, dtype=np.int64), frontend)
+    if frontend.norm != "none":
+        _normalise_inplace(x, utt, uids, stats, frontend.n_mels)
+    return Segments(x=x, utt=utt, utterance_uids=uids, dropped=dropped)
+
+
+def _too_short(n_frames: int, frontend: FrontEndConfig) -> str:
+    seconds = n_frames * frontend.hop_length / frontend.sample_rate
+    needed = frontend.segment_frames * frontend.hop_length / frontend.sample_rate
+    return (
+        f"{seconds:.2f} s of audio is shorter than one {frontend.segment_frames}-frame segment ({needed:.2f} s); "
+        "set frontend.pad_short=silence or repeat to keep it"
+    )
+
+
+def _gather(
+    store: FeatureStore, utt: np.ndarray, base: np.ndarray, valid: np.ndarray, frontend: FrontEndConfig
+) -> torch.Tensor:
+    """(N, n_mels, frames) by fancy indexing: row j of segment i is base[i] + j, wrapped or padded past valid[i]."""
+    length, n_mels = frontend.segment_frames, frontend.n_mels
+    out = torch.empty((len(utt), n_mels, length), dtype=torch.float32)
+    j = np.arange(length)
+    data = store.data
+    for lo in range(0, len(utt), GATHER_CHUNK):
+        b, v = base[lo : lo + GATHER_CHUNK, None], valid[lo : lo + GATHER_CHUNK, None]
+        # Long utterances have valid == length, so both rules reduce to base + j there.
+        rows = b + (j % v if frontend.pad_short == "repeat" else np.minimum(j, v - 1))
+        block = np.asarray(data[rows], dtype=np.float32)  # (chunk, frames, n_mels)
+        if frontend.pad_short == "silence":
+            block[j >= v] = np.log(frontend.log_floor)
+        out[lo : lo + len(block)] = torch.from_numpy(block).transpose(1, 2)
+    return out
+
+
+def _normalise_inplace(x: torch.Tensor, utt: np.ndarray, uids: list[str], stats: Stats, n_mels: int) -> None:
+    used = np.unique(utt)
+    missing = [uids[i] for i in used if uids[i] not in stats]
+    if missing:
+        raise ATFNNError(f"no normalisation statistics for {len(missing)} utterance(s), e.g. {missing[0]}")
+    mean = torch.zeros((len(uids), n_mels, 1))
+    std = torch.ones((len(uids), n_mels, 1))
+    for i in used:
+        m, s = stats[uids[i]]
+        mean[i], std[i] = torch.from_numpy(m), torch.from_numpy(s)
+    for lo in range(0, len(utt), GATHER_CHUNK):
+        index = torch.from_numpy(utt[lo : lo + GATHER_CHUNK])
+        x[lo : lo + len(index)].sub_(mean[index]).div_(std[index])

@@ -1,0 +1,232 @@
+"""Results of a run directory: results.json, report.md and confusion.png, all computed from the per-fold
+prediction files, so the summary always agrees with the predictions it summarises.
+
+Layout read here (written by the experiment runner and the baselines alike):
+    RUN_DIR/config.yaml
+    RUN_DIR/seed-<s>/<fold>/predictions.csv   uid,speaker,label,pred[,p_<label>...]
+    RUN_DIR/seed-<s>/<fold>/done.json         {"fold", "seed", "epochs", "best_epoch", "seconds", ...}
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from atfnn.metrics import row_normalise, summarise
+from atfnn.errors import ATFNNError
+
+PREDICTION_FIELDS = ("uid", "speaker", "label", "pred")
+# Figures quoted from the paper (Tables II and III), shown beside ours in reports.
+PAPER = {
+    ("casia", "atfnn"): (48.75, 48.75), ("casia", "tfnn"): (46.67, 46.67),
+    ("casia", "atnn"): (46.42, 46.42), ("casia", "afnn"): (32.50, 32.50),
+    ("iemocap", "atfnn"): (73.81, 64.48), ("iemocap", "tfnn"): (72.99, 63.60),
+    ("iemocap", "atnn"): (71.76, 61.90), ("iemocap", "afnn"): (70.71, 59.10),
+    ("abc", "atfnn"): (68.84, 57.57), ("abc", "tfnn"): (67.21, 55.99),
+    ("abc", "atnn"): (66.05, 55.01), ("abc", "afnn"): (58.14, 48.22),
+}
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_predictions(path: Path, rows: Sequence[dict[str, Any]], labels: Sequence[str]) -> None:
+    """One row per test utterance; probabilities (if given as row["probs"]) become p_<label> columns."""
+    import io
+
+    buffer = io.StringIO()
+    has_probs = bool(rows) and "probs" in rows[0]
+    fields = list(PREDICTION_FIELDS) + ([f"p_{label}" for label in labels] if has_probs else [])
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    for row in rows:
+        out = {k: row[k] for k in PREDICTION_FIELDS}
+        if has_probs:
+            out.update({f"p_{label}": f"{p:.6f}" for label, p in zip(labels, row["probs"])})
+        writer.writerow(out)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def read_predictions(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def fold_dirs(run_dir: Path) -> list[Path]:
+    """Finished folds (those with done.json), ordered by seed then fold name."""
+    return sorted(p.parent for p in Path(run_dir).glob("seed-*/*/done.json"))
+
+
+def run_labels(run_dir: str | Path) -> list[str]:
+    """The class names of a run: every label of its folds (folds/folds.json), sorted as the runner sorts them."""
+    path = Path(run_dir) / "folds" / "folds.json"
+    if not path.is_file():
+        raise ATFNNError(f"{run_dir}: no folds/folds.json; is this a run directory?")
+    folds = json.loads(path.read_text())["folds"]
+    return sorted({label for fold in folds for split in fold["labels"].values() for label in split})
+
+
+def summarise_run(run_dir: str | Path, labels: Sequence[str], config: dict[str, Any]) -> dict[str, Any]:
+    """results.json's content. Headline war/uar: pooled over all test utterances of a seed, then averaged over seeds."""
+    run_dir = Path(run_dir)
+    by_seed: dict[str, list[tuple[str, list[str], list[str]]]] = {}
+    fold_info: dict[tuple[str, str], dict] = {}
+    for folder in fold_dirs(run_dir):
+        rows = read_predictions(folder / "predictions.csv")
+        seed = folder.parent.name.removeprefix("seed-")
+        by_seed.setdefault(seed, []).append((folder.name, [r["label"] for r in rows], [r["pred"] for r in rows]))
+        fold_info[(seed, folder.name)] = json.loads((folder / "done.json").read_text())
+    if not by_seed:
+        raise ATFNNError(f"{run_dir}: no finished fold (no seed-*/<fold>/done.json); run `atfnn train` first")
+    seeds = []
+    folds = []
+    confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for seed, per_fold in sorted(by_seed.items(), key=lambda kv: int(kv[0])):
+        summary = summarise(per_fold, labels)
+        seeds.append({"seed": int(seed), "war": summary["war"], "uar": summary["uar"]})
+        confusion += np.asarray(summary["confusion"], dtype=np.int64)
+        for fold in summary["folds"]:
+            extra = {k: v for k, v in fold_info[(seed, fold["test"])].items() if k in ("best_epoch", "epochs", "seconds")}
+            folds.append({"seed": int(seed), **fold, **extra})
+    wars = np.array([s["war"] for s in seeds])
+    uars = np.array([s["uar"] for s in seeds])
+    fold_wars = np.array([f["war"] for f in folds])
+    fold_uars = np.array([f["uar"] for f in folds])
+    return {
+        "war": float(wars.mean()),
+        "uar": float(uars.mean()),
+        "war_std_seeds": float(wars.std(ddof=0)),
+        "uar_std_seeds": float(uars.std(ddof=0)),
+        "war_fold_mean": float(fold_wars.mean()),
+        "war_fold_std": float(fold_wars.std(ddof=0)),
+        "uar_fold_mean": float(fold_uars.mean()),
+        "uar_fold_std": float(fold_uars.std(ddof=0)),
+        "aggregate": "war/uar: pooled over the test utterances of all folds of a seed, mean over seeds; "
+        "*_fold_*: over folds and seeds; percent; std with ddof=0",
+        "n": int(confusion.sum()),
+        "seeds": seeds,
+        "folds": folds,
+        "confusion": confusion.tolist(),
+        "labels": list(labels),
+        "config": config,
+    }
+
+
+def finalise_run(run_dir: str | Path, labels: Sequence[str], config: dict[str, Any], title: str | None = None) -> dict:
+    """Write results.json, report.md and confusion.png for a run directory; return the results."""
+    run_dir = Path(run_dir)
+    results = summarise_run(run_dir, labels, config)
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(run_dir / "report.md", render_report(results, title or run_dir.name))
+    plot_confusion(np.asarray(results["confusion"]), labels, run_dir / "confusion.png", title or run_dir.name)
+    return results
+
+
+def _describe(config: dict[str, Any]) -> tuple[str, str, str]:
+    corpus = config.get("corpus", {}).get("name", "?")
+    method = config.get("method") or config.get("model", {}).get("variant", "?")
+    protocol = config.get("protocol", {}).get("kind", "loso")
+    return corpus, method, protocol
+
+
+def render_report(results: dict[str, Any], title: str) -> str:
+    """Markdown: a Table II style row (with the paper's figure where there is one), per-fold rows, confusion matrix."""
+    corpus, method, protocol = _describe(results["config"])
+    labels = results["labels"]
+    protocol_name = {"loso": "Leave-one-speaker-out", "loso_session": "Leave-one-session-out"}[protocol]
+    n_seeds = len(results["seeds"])
+    pm = (lambda m, s: f"{m:.2f} ± {s:.2f}") if n_seeds > 1 else (lambda m, s: f"{m:.2f}")
+    lines = [
+        f"# {title}",
+        "",
+        f"| Database | Protocol | Method | WAR (%) | UAR (%) |",
+        "|---|---|---|---|---|",
+        f"| {corpus} | {protocol_name} ({len({f['test'] for f in results['folds']})} folds) | {method.upper()} (ours, "
+        f"{n_seeds} seed{'s' if n_seeds > 1 else ''}) | {pm(results['war'], results['war_std_seeds'])} | "
+        f"{pm(results['uar'], results['uar_std_seeds'])} |",
+    ]
+    paper = PAPER.get((corpus, method))
+    if paper:
+        lines.append(f"| {corpus} | {protocol_name} | {method.upper()} (paper) | {paper[0]:.2f} | {paper[1]:.2f} |")
+    lines += [
+        "",
+        f"WAR/UAR pooled over the {results['n']} test utterances of each seed, "
+        + ("mean ± std over seeds." if n_seeds > 1 else "one seed."),
+        f"Mean over folds: WAR {results['war_fold_mean']:.2f} ± {results['war_fold_std']:.2f}, "
+        f"UAR {results['uar_fold_mean']:.2f} ± {results['uar_fold_std']:.2f}.",
+        "",
+        "## Folds",
+        "",
+        "| Seed | Test | n | WAR (%) | UAR (%) | Best epoch |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in results["folds"]:
+        lines.append(
+            f"| {f['seed']} | {f['test']} | {f['n']} | {f['war']:.2f} | {f['uar']:.2f} | {f.get('best_epoch', '')} |"
+        )
+    cm = np.asarray(results["confusion"])
+    norm = row_normalise(cm)
+    lines += ["", "## Confusion matrix (rows: true, columns: predicted; % of the row, counts in brackets)", ""]
+    lines.append("| | " + " | ".join(labels) + " |")
+    lines.append("|---" * (len(labels) + 1) + "|")
+    for i, label in enumerate(labels):
+        cells = [f"{100 * norm[i, j]:.1f} ({cm[i, j]})" for j in range(len(labels))]
+        lines.append(f"| **{label}** | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: Path, title: str = "") -> None:
+    """Fig. 5 style: row-normalised percentages in each cell, a colour scale from 0 to 100."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    norm = 100 * row_normalise(cm)
+    size = 1.0 + 0.8 * len(labels)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=100)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("Predicted")
+    ax.set_ylabel("True")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{norm[i, j]:.1f}", ha="center", va="center", color="white" if norm[i, j] > 50 else "black")
+    fig.colorbar(image, ax=ax, label="% of the true class")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def compare(run_dirs: Sequence[str | Path]) -> str:
+    """One Markdown table of several runs (Table III layout): method, corpus, WAR, UAR, seeds, paper's figures."""
+    lines = ["| Run | Corpus | Method | Protocol | Seeds | WAR (%) | UAR (%) | Paper WAR | Paper UAR |", "|---" * 9 + "|"]
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "results.json"
+        if not path.is_file():
+            raise ATFNNError(f"{run_dir}: no results.json; finish the run (or rerun `atfnn train`) first")
+        r = json.loads(path.read_text())
+        corpus, method, protocol = _describe(r["config"])
+        paper = PAPER.get((corpus, method), ("", ""))
+        n = len(r["seeds"])
+        fmt = (lambda m, s: f"{m:.2f} ± {s:.2f}") if n > 1 else (lambda m, s: f"{m:.2f}")
+        lines.append(
+            f"| {Path(run_dir).name} | {corpus} | {method} | {protocol} | {n} | {fmt(r['war'], r['war_std_seeds'])} | "
+            f"{fmt(r['uar'], r['uar_std_seeds'])} | {paper[0]} | {paper[1]} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,282 @@
+"""Training of one fold: epochs over shuffled segments, model selection on the fold's validation utterances,
+early stopping, and a checkpoint after every epoch so an interrupted fold resumes where it stopped.
+
+Loss, optimiser and schedule live here, not in the model (model.forward returns logits).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import io
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from atfnn.aggregate import aggregate
+from atfnn.config import ModelConfig, TrainConfig
+from atfnn.metrics import uar, war
+from atfnn.model import ATFNN, build_model
+
+CHECKPOINT = "last.pt"
+LOG = "log.csv"
+LOG_FIELDS = ("epoch", "train_loss", "val_loss", "val_war", "val_uar", "seconds")
+EVAL_BATCH = 256
+
+
+@dataclass
+class SplitData:
+    """Segments of one split: x (N, F, T) on the training device, y (N,) class indices, utt (N,) utterance index."""
+
+    x: Tensor
+    y: Tensor
+    utt: np.ndarray
+    uids: list[str]  # utterance uid per utterance index
+    utt_labels: list[str]  # utterance label per utterance index
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass
+class FoldResult:
+    model: ATFNN
+    best_epoch: int
+    epochs: int
+    history: list[dict] = field(default_factory=list)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use --device cpu or auto")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast, or nothing for fp32 (fp16 only on CUDA, where it is supported)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ValueError("train.precision=fp16 needs CUDA; use bf16 or fp32 on the CPU")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def class_weights(y: Tensor, n_classes: int) -> Tensor:
+    """Inverse-frequency weights over training segments, normalised to mean 1 over present classes."""
+    counts = torch.bincount(y.cpu(), minlength=n_classes).double()
+    weights = torch.where(counts > 0, counts.sum() / (counts.clamp(min=1) * (counts > 0).sum()), torch.zeros_like(counts))
+    return weights.float()
+
+
+def spec_augment(x: Tensor, generator: torch.Generator, max_bands: int = 8, max_frames: int = 16) -> Tensor:
+    """SpecAugment-style masking (one band block and one frame block per segment) with the segment's minimum."""
+    b, f, t = x.shape
+    dev = x.device
+    fw = torch.randint(0, max_bands + 1, (b, 1), generator=generator).to(dev)
+    f0 = (torch.rand((b, 1), generator=generator).to(dev) * (f - fw)).long()
+    tw = torch.randint(0, max_frames + 1, (b, 1), generator=generator).to(dev)
+    t0 = (torch.rand((b, 1), generator=generator).to(dev) * (t - tw)).long()
+    bands = torch.arange(f, device=dev).unsqueeze(0)
+    frames = torch.arange(t, device=dev).unsqueeze(0)
+    band_mask = ((bands >= f0) & (bands < f0 + fw)).unsqueeze(2)
+    frame_mask = ((frames >= t0) & (frames < t0 + tw)).unsqueeze(1)
+    fill = x.amin(dim=(1, 2), keepdim=True)
+    return torch.where(band_mask | frame_mask, fill, x)
+
+
+@torch.inference_mode()
+def predict_segments(model: ATFNN, x: Tensor, device: torch.device, precision: str = "fp32") -> np.ndarray:
+    """Softmax posteriors (N, n_classes) of segments, in batches."""
+    model.eval()
+    out = []
+    for start in range(0, x.shape[0], EVAL_BATCH):
+        with autocast(device, precision):
+            logits = model(x[start : start + EVAL_BATCH].to(device, non_blocking=True))
+        out.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, model.num_classes), dtype=np.float32)
+
+
+def evaluate(
+    model: ATFNN, split: SplitData, labels: Sequence[str], device: torch.device, precision: str = "fp32",
+    method: str = "mean",
+) -> dict:
+    """Utterance-level scores from aggregated segment posteriors, plus the segment-level loss and accuracy."""
+    probs = predict_segments(model, split.x, device, precision)
+    seg_uids = [split.uids[i] for i in split.utt]
+    uids, utt_probs = aggregate(probs, seg_uids, method)
+    index = {uid: i for i, uid in enumerate(split.uids)}
+    y_true = [split.utt_labels[index[u]] for u in uids]
+    y_pred = [labels[k] for k in utt_probs.argmax(axis=1)]
+    y = split.y.cpu().numpy()
+    loss = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
+    return {
+        "loss": loss,
+        "war": war(y_true, y_pred),
+        "uar": uar(y_true, y_pred, labels),
+        "segment_war": float((probs.argmax(axis=1) == y).mean() * 100),
+        "uids": uids,
+        "probs": utt_probs,
+        "y_true": y_true,
+        "y_pred": y_pred,
+    }
+
+
+def train_fold(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    labels: Sequence[str],
+    train: SplitData,
+    validation: SplitData | None,
+    fold_dir: Path,
+    seed: int,
+    device: torch.device,
+    epochs: int | None = None,
+    progress: bool = True,
+) -> FoldResult:
+    """Train one fold, resuming from fold_dir/last.pt if present. Without validation, train `epochs` epochs
+    and keep the last weights (used for the final model on all speakers)."""
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(seed)
+    model = build_model(model_cfg, len(labels)).to(device)
+    optimizer = _optimizer(model, train_cfg)
+    generator = torch.Generator().manual_seed(seed)
+    weight = class_weights(train.y, len(labels)).to(device) if train_cfg.class_weighting else None
+    max_epochs = epochs or train_cfg.max_epochs
+    state = _resume(fold_dir / CHECKPOINT, model, optimizer, generator)
+    start, best_epoch, best_score, bad_epochs, best_state, history = (
+        state if state else (0, 0, -math.inf, 0, None, [])
+    )
+    for epoch in range(start, max_epochs):
+        if validation is not None and bad_epochs >= train_cfg.patience:
+            break
+        began = time.perf_counter()
+        train_loss = _train_epoch(model, optimizer, train, generator, weight, train_cfg, device, epoch, max_epochs, progress)
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": "", "val_war": "", "val_uar": ""}
+        if validation is not None:
+            scores = evaluate(model, validation, labels, device, train_cfg.precision, train_cfg.aggregate)
+            row.update(val_loss=scores["loss"], val_war=scores["war"], val_uar=scores["uar"])
+            score = -scores["loss"] if train_cfg.select_metric == "loss" else scores[train_cfg.select_metric]
+            if score > best_score:
+                best_score, best_epoch, bad_epochs = score, epoch + 1, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad_epochs += 1
+            if progress:
+                print(f"  epoch {epoch + 1}: loss {train_loss:.4f}  val UAR {scores['uar']:.2f}  val WAR {scores['war']:.2f}"
+                      f"  (best epoch {best_epoch})", flush=True)
+        else:
+            best_epoch, best_state = epoch + 1, None
+        row["seconds"] = round(time.perf_counter() - began, 3)
+        history.append(row)
+        _write_log(fold_dir / LOG, history)
+        _save_checkpoint(
+            fold_dir / CHECKPOINT, model, optimizer, generator,
+            (epoch + 1, best_epoch, best_score, bad_epochs, best_state, history),
+        )
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return FoldResult(model=model, best_epoch=best_epoch, epochs=len(history), history=history)
+
+
+def _optimizer(model: ATFNN, cfg: TrainConfig) -> torch.optim.Optimizer:
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _train_epoch(
+    model: ATFNN, optimizer: torch.optim.Optimizer, data: SplitData, generator: torch.Generator, weight: Tensor | None,
+    cfg: TrainConfig, device: torch.device, epoch: int, max_epochs: int, progress: bool,
+) -> float:
+    from tqdm.auto import tqdm
+
+    model.train()
+    order = torch.randperm(len(data), generator=generator)
+    batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    total, count = 0.0, 0
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{max_epochs}", leave=False, disable=not progress, unit="batch")
+    for idx in bar:
+        x, y = data.x[idx].to(device, non_blocking=True), data.y[idx].to(device, non_blocking=True)
+        if cfg.spec_augment:
+            x = spec_augment(x, generator)
+        with autocast(device, cfg.precision):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, weight=weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        total += loss.item() * len(idx)
+        count += len(idx)
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    return total / max(count, 1)
+
+
+def _save_checkpoint(path: Path, model, optimizer, generator, state: tuple) -> None:
+    """Everything needed to continue exactly: weights, optimiser, RNG states, early-stopping state (atomic write)."""
+    epoch, best_epoch, best_score, bad_epochs, best_state, history = state
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "epoch": epoch,
+        "best_epoch": best_epoch,
+        "best_score": best_score,
+        "bad_epochs": bad_epochs,
+        "best_state": best_state,
+        "history": history,
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".last.")
+    with os.fdopen(fd, "wb") as f:
+        torch.save(payload, f)
+    os.replace(tmp, path)
+
+
+def _resume(path: Path, model, optimizer, generator) -> tuple | None:
+    if not path.is_file():
+        return None
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    generator.set_state(payload["generator"])
+    torch.set_rng_state(payload["torch_rng"])
+    if payload["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["cuda_rng"])
+    return (
+        payload["epoch"], payload["best_epoch"], payload["best_score"], payload["bad_epochs"],
+        payload["best_state"], payload["history"],
+    )
+
+
+def _write_log(path: Path, history: list[dict]) -> None:
+    """The learning curves as CSV, rewritten from the checkpointed history so a resumed fold has no duplicate rows."""
+    from atfnn.reports import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LOG_FIELDS)
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(path, buffer.getvalue())

@@ -1,0 +1,155 @@
+"""A complete tiny experiment on the synthetic corpus: artefacts, agreement with predictions, resume, refusal."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from atfnn import training
+from atfnn.cli import main
+from atfnn.config import load_config
+from atfnn.corpora.synthetic import SyntheticSpec, generate
+from atfnn.errors import ConfigError
+from atfnn.experiment import check_run_dir, final_epochs, run_experiment
+from atfnn.metrics import uar, war
+
+TINY = [
+    "model.lstm_hidden=8",
+    "model.lstm_layers=1",
+    "train.batch_size=16",
+    "train.max_epochs=2",
+    "frontend.segment_hop=128",
+    "train.threads=2",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic") / "corpus"
+    generate(root, SyntheticSpec(speakers=3, utterances_per_class=3, seed=1))
+    return root
+
+
+def tiny_config(corpus: Path, cache: Path, *extra: str):
+    return load_config(None, ["corpus.name=synthetic", f"corpus.root={corpus}", f"cache_dir={cache}", *TINY, *extra])
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_experiment_writes_every_artefact_and_agrees_with_predictions(corpus, tmp_path):
+    out = tmp_path / "run"
+    results = run_experiment(tiny_config(corpus, tmp_path / "cache"), out, progress=False)
+    for name in ("config.yaml", "run.json", "results.json", "report.md", "confusion.png", "folds/folds.json"):
+        assert (out / name).is_file(), name
+    folds = sorted(p.name for p in (out / "seed-0").iterdir())
+    assert len(folds) == 3 and len(results["folds"]) == 3
+    y_true, y_pred = [], []
+    for fold in folds:
+        d = out / "seed-0" / fold
+        for name in ("predictions.csv", "done.json", "log.csv", "model/model.safetensors", "model/model.json"):
+            assert (d / name).is_file(), f"{fold}/{name}"
+        assert not (d / "last.pt").exists(), "a finished fold keeps no resume checkpoint"
+        rows = read_rows(d / "predictions.csv")
+        assert {r["speaker"] for r in rows} == {fold}, "a fold tests exactly its held-out speaker"
+        assert len(read_rows(d / "log.csv")) == json.loads((d / "done.json").read_text())["epochs"]
+        y_true += [r["label"] for r in rows]
+        y_pred += [r["pred"] for r in rows]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["n"] == len(y_true) == 3 * 4 * 3
+    assert saved["war"] == pytest.approx(war(y_true, y_pred))
+    assert saved["uar"] == pytest.approx(uar(y_true, y_pred, saved["labels"]))
+    assert sum(map(sum, saved["confusion"])) == saved["n"]
+    assert saved["config"]["model"]["lstm_hidden"] == 8
+    assert "| synthetic | Leave-one-speaker-out (3 folds) | ATFNN" in (out / "report.md").read_text()
+    assert final_epochs(out) in (1, 2)
+
+
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(corpus, tmp_path):
+    cache = tmp_path / "cache"
+    reference = run_experiment(tiny_config(corpus, cache), tmp_path / "reference", progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(fold, seed):
+        raise Stop(fold)
+
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        run_experiment(tiny_config(corpus, cache), out, progress=False, on_fold_done=stop_after_first)
+    finished = sorted(p.parent.name for p in out.glob("seed-0/*/done.json"))
+    assert len(finished) == 1
+    first_done = (out / "seed-0" / finished[0] / "done.json").stat().st_mtime_ns
+
+    # Interrupt the second fold after its first epoch (the checkpoint of epoch 1 is written), then resume.
+    real_save = training._save_checkpoint
+    calls = []
+
+    def crash_after_first_epoch(path, *args):
+        real_save(path, *args)
+        calls.append(path)
+        raise Stop("killed mid-fold")
+
+    training._save_checkpoint = crash_after_first_epoch
+    try:
+        with pytest.raises(Stop):
+            run_experiment(tiny_config(corpus, cache), out, progress=False)
+    finally:
+        training._save_checkpoint = real_save
+    interrupted = calls[0].parent
+    assert (interrupted / "last.pt").is_file() and not (interrupted / "done.json").exists()
+
+    trained = []
+    real_train = training.train_fold
+
+    def spy(*args, **kwargs):
+        trained.append(args[5].name)
+        return real_train(*args, **kwargs)
+
+    import atfnn.experiment as experiment
+
+    experiment.train_fold = spy
+    try:
+        resumed = run_experiment(tiny_config(corpus, cache), out, progress=False)
+    finally:
+        experiment.train_fold = real_train
+    assert finished[0] not in trained and len(trained) == 2, "only the unfinished folds are trained again"
+    assert (out / "seed-0" / finished[0] / "done.json").stat().st_mtime_ns == first_done
+    assert len(read_rows(interrupted / "log.csv")) == 2, "the resumed fold continued from epoch 1, no duplicate rows"
+    assert resumed["war"] == pytest.approx(reference["war"])
+    assert resumed["uar"] == pytest.approx(reference["uar"])
+    for a, b in zip(resumed["folds"], reference["folds"]):
+        assert (a["test"], a["war"]) == pytest.approx((b["test"], b["war"]))
+    probs = [read_rows(d / "seed-0" / interrupted.name / "predictions.csv") for d in (out, tmp_path / "reference")]
+    assert probs[0] == probs[1], "resuming reproduces the uninterrupted posteriors exactly"
+
+
+def test_changed_config_is_refused(corpus, tmp_path):
+    out = tmp_path / "run"
+    check_run_dir(out, tiny_config(corpus, tmp_path / "cache"))
+    check_run_dir(out, tiny_config(corpus, tmp_path / "cache", "train.device=cpu"))  # where it runs is not the config
+    with pytest.raises(ConfigError, match="another configuration"):
+        check_run_dir(out, tiny_config(corpus, tmp_path / "cache", "train.lr=0.01"))
+    with pytest.raises(ConfigError, match="another configuration"):
+        run_experiment(tiny_config(corpus, tmp_path / "cache", "model.variant=tfnn"), out, progress=False)
+
+
+def test_cli_train_with_fold_subset_overrides_and_seeds(corpus, tmp_path):
+    out = tmp_path / "cli"
+    config = tmp_path / "exp.yaml"
+    config.write_text(f"corpus:\n  name: synthetic\n  root: {corpus}\ncache_dir: {tmp_path / 'cache'}\n")
+    speakers = sorted(p.name for p in corpus.iterdir() if p.is_dir())
+    args = ["train", str(config), "--out", str(out), "--folds", speakers[0], "--seeds", "2", "--no-progress"]
+    for item in TINY:
+        args += ["--set", item]
+    assert main(args + ["--set", "train.max_epochs=1"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [(f["seed"], f["test"]) for f in results["folds"]] == [(0, speakers[0]), (1, speakers[0])]
+    assert results["config"]["train"]["max_epochs"] == 1
+    assert len(results["seeds"]) == 2
+    assert main(["train", str(config), "--out", str(out), "--folds", "nobody", "--no-progress", *sum([["--set", t] for t in TINY], []), "--set", "train.max_epochs=1"]) == 2
