@@ -1,31 +1,37 @@
 # Two commands set everything up on a fresh machine:
-#   make demo   - venv + install + the synthetic leave-one-speaker-out demo
-#   make test   - venv + install + the test suite
+#   make demo   - venv + atfnn + the synthetic leave-one-speaker-out demo (prints the results table)
+#   make test   - venv + atfnn with its test extras + the test suite (what CI runs)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# The CPU build of PyTorch; installed first so that nothing pulls a CUDA build.
+# The CPU build of PyTorch on this machine's disk; installed first so that nothing pulls a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
-STAMP  := $(VENV)/.installed
+BASE   := $(VENV)/.installed-base
+FULL   := $(VENV)/.installed-full
+PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 
 .PHONY: venv demo test bench clean
 
-$(STAMP): pyproject.toml
+$(BASE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[test,baselines,export,bench]"
-	touch $(STAMP)
+	$(PIP) "$(TORCH)"
+	$(PIP) -e .
+	touch $(BASE)
 
-venv: $(STAMP)
+# Test extras: pytest, openSMILE (baselines), onnx/onnxruntime (export), pytest-benchmark.
+$(FULL): $(BASE)
+	$(PIP) -e ".[test,baselines,export,bench]"
+	touch $(FULL)
 
-demo: $(STAMP)
+venv: $(FULL)
+
+demo: $(BASE)
 	$(BIN)/atfnn demo --out runs/demo
 
-test: $(STAMP)
+test: $(FULL)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(FULL)
 	$(BIN)/python benchmarks/run.py --out benchmarks/results
 
 clean:

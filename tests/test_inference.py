@@ -1,0 +1,251 @@
+"""atfnn.load / Predictor / predict_main on a tiny random-init model saved with save_model."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+import torch
+
+import atfnn
+from atfnn.audio import features as audio_features
+from atfnn.audio import segment_starts
+from atfnn.checkpoint import save_model
+from atfnn.config import FrontEndConfig, ModelConfig
+from atfnn.corpora.base import Utterance
+from atfnn.errors import ATFNNError
+from atfnn.features import build_segments, prepare
+from atfnn.inference import EXIT_NONE_OK, EXIT_OK, EXIT_SOME_FAILED, Failure, Prediction, predict_main
+from atfnn.model import build_model
+
+LABELS = ["angry", "happy", "neutral", "sad"]
+SR = 16000
+
+
+def speechlike(seconds: float, rate: int = SR, seed: int = 0, channels: int = 1) -> np.ndarray:
+    """A harmonic tone with a syllable-rate envelope plus a little noise: (samples,) or (samples, channels)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    f0 = 140 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    wave = sum(np.sin(k * phase) / k for k in range(1, 8)) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t) ** 2)
+    wave = 0.1 * wave + 0.005 * rng.standard_normal(len(t))
+    if channels > 1:
+        wave = np.stack([wave * (1 + 0.1 * c) for c in range(channels)], axis=1)
+    return wave.astype(np.float32)
+
+
+def make_model_dir(root: Path, norm: str = "none", variant: str = "atfnn", seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(variant=variant, lstm_hidden=16, lstm_layers=1), len(LABELS))
+    return save_model(model, LABELS, FrontEndConfig(norm=norm), root / f"model-{variant}-{norm}", {"note": "test"})
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir):
+    return atfnn.load(model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def wav3(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("audio") / "three.wav"
+    sf.write(path, speechlike(3.0), SR)
+    return path
+
+
+def manual_probs(model_dir: Path, segments: torch.Tensor) -> np.ndarray:
+    model, _ = atfnn.checkpoint.load_model(model_dir)
+    with torch.no_grad():
+        return torch.softmax(model(segments), dim=1).mean(dim=0).numpy()
+
+
+def test_predict_round_trip_matches_a_manual_forward(model_dir, predictor, wav3):
+    result = predictor.predict(wav3)
+    assert result.label in LABELS and list(result.probs) == LABELS
+    assert sum(result.probs.values()) == pytest.approx(1.0, abs=1e-6)
+    assert result.label == max(result.probs, key=result.probs.get)
+    assert result.path == str(wav3) and result.duration == pytest.approx(3.0)
+    expected = manual_probs(model_dir, audio_features(wav3, FrontEndConfig()))
+    np.testing.assert_allclose(list(result.probs.values()), expected, atol=1e-5)
+    # The utterance decision is the mean of the segment posteriors.
+    seg = np.array([list(s.probs.values()) for s in result.timeline])
+    np.testing.assert_allclose(seg.mean(axis=0), list(result.probs.values()), atol=1e-9)
+
+
+def test_public_api_is_reexported():
+    for name in ("load", "Predictor", "Prediction", "Segment", "Failure", "ATFNN", "build_model", "load_audio",
+                 "log_mel_spectrogram", "__version__"):
+        assert hasattr(atfnn, name), name
+
+
+def test_long_file_timeline_covers_it_exactly(tmp_path, predictor):
+    path = tmp_path / "long.flac"
+    sf.write(path, speechlike(60.0), SR)
+    result = predictor.predict(path)
+    timeline = result.timeline
+    fe = predictor.frontend
+    assert len(timeline) == len(segment_starts(1 + 60 * SR // fe.hop_length, fe.segment_frames, fe.segment_hop))
+    assert timeline[0].start == 0.0
+    assert timeline[-1].end == 60.0
+    seconds = fe.segment_frames * fe.hop_length / SR
+    for prev, cur in zip(timeline, timeline[1:]):
+        assert prev.start < cur.start <= prev.end  # increasing, contiguous or overlapping: no gap
+        assert cur.end - cur.start <= seconds + 1e-9
+    # Regular segments start every segment_hop frames (0.64 s by default) and last 1.28 s.
+    assert timeline[1].start == pytest.approx(fe.segment_hop * fe.hop_length / SR)
+    assert timeline[0].end == pytest.approx(seconds)
+
+
+def test_short_file_is_one_segment_of_its_duration(tmp_path, predictor):
+    path = tmp_path / "short.wav"
+    sf.write(path, speechlike(0.5), SR)
+    result = predictor.predict(path)
+    assert [(s.start, s.end) for s in result.timeline] == [(0.0, 0.5)]
+
+
+def test_any_sample_rate_and_channel_count(tmp_path, predictor):
+    stereo = speechlike(2.5, rate=44100, channels=2)
+    path = tmp_path / "stereo44k.wav"
+    sf.write(path, stereo, 44100)
+    from_file = predictor.predict(path)
+    from_array = predictor.predict(stereo, sample_rate=44100)
+    channels_first = predictor.predict(torch.from_numpy(stereo.T.copy()), sample_rate=44100)
+    assert from_array.path is None and from_array.duration == pytest.approx(2.5)
+    for other in (from_array, channels_first):
+        np.testing.assert_allclose(list(other.probs.values()), list(from_file.probs.values()), atol=1e-4)
+    # Same as downmixing and resampling by hand to the model's rate.
+    mono16k = soxr.resample(stereo.mean(axis=1), 44100, SR, quality="HQ")
+    by_hand = predictor.predict(mono16k, sample_rate=SR)
+    np.testing.assert_allclose(list(by_hand.probs.values()), list(from_file.probs.values()), atol=1e-4)
+
+
+def test_array_needs_its_sample_rate_and_a_file_does_not(predictor, wav3):
+    with pytest.raises(ValueError, match="sample_rate"):
+        predictor.predict(speechlike(1.0))
+    with pytest.raises(ValueError, match="arrays only"):
+        predictor.predict(wav3, sample_rate=16000)
+
+
+@pytest.mark.parametrize("norm", ["utterance", "speaker"])
+def test_normalised_features_equal_the_training_ones_for_one_file(tmp_path, wav3, norm):
+    """A prediction's segments equal atfnn.features' for the same file; "speaker" falls back to the file itself."""
+    predictor = atfnn.load(make_model_dir(tmp_path, norm=norm), device="cpu")
+    fe = predictor.frontend
+    store = prepare([Utterance(wav3, "happy", "s1")], fe, tmp_path / "cache", progress=False)
+    training = build_segments(store, [Utterance(wav3, "happy", "s1")], fe)
+    got = predictor.features(wav3).segments
+    torch.testing.assert_close(got, training.x, atol=1e-4, rtol=1e-5)
+    assert got.mean(dim=(0, 2)).abs().max() < 0.5  # normalised, not raw log-Mel (around -5)
+    raw = atfnn.load(make_model_dir(tmp_path, norm="none"), device="cpu").features(wav3).segments
+    assert not torch.allclose(got, raw)
+
+
+def test_predict_many_batches_across_files_and_reports_failures(tmp_path, predictor):
+    paths = []
+    for i, seconds in enumerate([1.0, 3.0, 0.7, 2.2]):
+        paths.append(tmp_path / f"ok{i}.wav")
+        sf.write(paths[-1], speechlike(seconds, seed=i), SR)
+    bad = tmp_path / "corrupt.wav"
+    bad.write_bytes(b"RIFF not really a wave file" * 10)
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(SR, dtype=np.float32), SR)
+    order = [paths[0], bad, paths[1], silent, paths[2], tmp_path / "missing.wav", paths[3]]
+    results = predictor.predict_many(order, batch_size=3)  # batches of 3 segments straddle files
+    assert [type(r).__name__ for r in results] == ["Prediction", "Failure"] * 3 + ["Prediction"]
+    assert [r.path for r in results] == [str(p) for p in order]
+    assert "decoded" in results[1].reason and "silence" in results[3].reason and "not found" in results[5].reason
+    for result, path in zip([results[0], results[2], results[4], results[6]], paths):
+        alone = predictor.predict(path)
+        np.testing.assert_allclose(list(result.probs.values()), list(alone.probs.values()), atol=1e-5)
+        assert [(s.start, s.end) for s in result.timeline] == [(s.start, s.end) for s in alone.timeline]
+
+
+@pytest.fixture
+def audio_dir(tmp_path) -> Path:
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    sf.write(root / "good.wav", speechlike(1.5), SR)
+    sf.write(root / "sub" / "good2.flac", speechlike(2.0, rate=22050, seed=1), 22050)
+    (root / "corrupt.wav").write_bytes(b"\x00\x01garbage" * 50)
+    sf.write(root / "silent.wav", np.zeros(SR, dtype=np.float32), SR)
+    (root / "notes.txt").write_text("not audio, not picked up by the directory walk")
+    return root
+
+
+def run_main(*args, **kwargs) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = predict_main(*args, out=out, err=err, **kwargs)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_predict_main_table_prints_good_files_and_names_failures(model_dir, audio_dir):
+    code, out, err = run_main(str(model_dir), [str(audio_dir)], format="table")
+    assert code == EXIT_SOME_FAILED == 1
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:2] == ["file", "label"] and lines[0].split()[2:] == [x[:8] for x in LABELS]
+    assert len(lines) == 3 and lines[1].startswith(str(audio_dir / "good.wav"))
+    assert lines[2].startswith(str(audio_dir / "sub" / "good2.flac"))
+    assert lines[1].split()[1] in LABELS
+    assert f"{audio_dir / 'corrupt.wav'}: cannot be decoded" in err
+    assert f"{audio_dir / 'silent.wav'}: is digital silence" in err
+    assert "notes.txt" not in out + err
+
+
+def test_predict_main_json_lines_parse_with_failures_in_band(model_dir, audio_dir):
+    code, out, _ = run_main(str(model_dir), [str(audio_dir)], format="json", timeline=True)
+    assert code == 1
+    rows = {Path(r["path"]).name: r for r in map(json.loads, out.strip().splitlines())}
+    assert set(rows) == {"good.wav", "good2.flac", "corrupt.wav", "silent.wav"}
+    assert "decoded" in rows["corrupt.wav"]["error"] and "silence" in rows["silent.wav"]["error"]
+    good = rows["good2.flac"]
+    assert good["label"] in LABELS and sum(good["probs"].values()) == pytest.approx(1.0)
+    assert good["timeline"][0]["start"] == 0.0 and good["timeline"][-1]["end"] == pytest.approx(2.0)
+
+
+def test_predict_main_csv_parses(model_dir, audio_dir):
+    code, out, _ = run_main(str(model_dir), [str(audio_dir)], format="csv", timeline=True)
+    assert code == 1
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert list(rows[0]) == ["path", "segment", "start", "end", "label", *LABELS, "error"]
+    files = [r for r in rows if r["segment"] == "" and not r["error"]]
+    segments = [r for r in rows if r["segment"] != ""]
+    errors = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
+    assert len(files) == 2 and set(errors) == {"corrupt.wav", "silent.wav"}
+    assert all(sum(float(r[x]) for x in LABELS) == pytest.approx(1.0, abs=1e-5) for r in files + segments)
+    good = [r for r in segments if r["path"].endswith("good.wav")]
+    assert [int(r["segment"]) for r in good] == list(range(len(good))) and float(good[-1]["end"]) == 1.5
+
+
+def test_predict_main_exit_codes(model_dir, audio_dir, tmp_path):
+    assert run_main(str(model_dir), [str(audio_dir / "good.wav")])[0] == EXIT_OK == 0
+    code, out, err = run_main(str(model_dir), [str(audio_dir / "corrupt.wav"), str(tmp_path / "nope.wav")])
+    assert code == EXIT_NONE_OK == 2 and out == "" and "nope.wav: file not found" in err
+    code, _, err = run_main(str(tmp_path / "no-model"), [str(audio_dir)])
+    assert code == 2 and "not an atfnn model directory" in err
+    code, _, err = run_main(str(model_dir), [str(audio_dir)], format="xml")
+    assert code == 2 and "format" in err
+
+
+def test_load_rejects_a_wrong_backend(model_dir, tmp_path):
+    with pytest.raises(ATFNNError, match="Unknown backend"):
+        atfnn.load(model_dir, backend="tflite")
+    fake = tmp_path / "m.onnx"
+    fake.write_bytes(b"x")
+    with pytest.raises(ATFNNError, match="backend='onnx'"):
+        atfnn.load(fake, backend="torch")
+
+
+def test_result_types():
+    assert Failure("a.wav", "why").to_dict() == {"path": "a.wav", "error": "why"}
+    p = Prediction("sad", {"happy": 0.25, "sad": 0.75}, [], "x.wav", 1.0)
+    assert p.confidence == 0.75 and "timeline" not in p.to_dict(timeline=False)
