@@ -32,6 +32,14 @@ def corpus(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def tiny_run(corpus, tmp_path_factory) -> tuple[Path, dict]:
+    """One complete tiny experiment, shared by the tests that only read it."""
+    base = tmp_path_factory.mktemp("tiny")
+    out = base / "run"
+    return out, run_experiment(tiny_config(corpus, base / "cache"), out, progress=False)
+
+
 def tiny_config(corpus: Path, cache: Path, *extra: str):
     return load_config(None, ["corpus.name=synthetic", f"corpus.root={corpus}", f"cache_dir={cache}", *TINY, *extra])
 
@@ -41,9 +49,8 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_tiny_experiment_writes_every_artefact_and_agrees_with_predictions(corpus, tmp_path):
-    out = tmp_path / "run"
-    results = run_experiment(tiny_config(corpus, tmp_path / "cache"), out, progress=False)
+def test_tiny_experiment_writes_every_artefact_and_agrees_with_predictions(tiny_run):
+    out, results = tiny_run
     for name in ("config.yaml", "run.json", "results.json", "report.md", "confusion.png", "folds/folds.json"):
         assert (out / name).is_file(), name
     folds = sorted(p.name for p in (out / "seed-0").iterdir())
@@ -69,9 +76,9 @@ def test_tiny_experiment_writes_every_artefact_and_agrees_with_predictions(corpu
     assert final_epochs(out) in (1, 2)
 
 
-def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(corpus, tmp_path):
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(corpus, tiny_run, tmp_path):
     cache = tmp_path / "cache"
-    reference = run_experiment(tiny_config(corpus, cache), tmp_path / "reference", progress=False)
+    reference_dir, reference = tiny_run
 
     class Stop(Exception):
         pass
@@ -125,7 +132,7 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(corpus, tmp_pa
     assert resumed["uar"] == pytest.approx(reference["uar"])
     for a, b in zip(resumed["folds"], reference["folds"]):
         assert (a["test"], a["war"]) == pytest.approx((b["test"], b["war"]))
-    probs = [read_rows(d / "seed-0" / interrupted.name / "predictions.csv") for d in (out, tmp_path / "reference")]
+    probs = [read_rows(d / "seed-0" / interrupted.name / "predictions.csv") for d in (out, reference_dir)]
     assert probs[0] == probs[1], "resuming reproduces the uninterrupted posteriors exactly"
 
 
@@ -153,3 +160,23 @@ def test_cli_train_with_fold_subset_overrides_and_seeds(corpus, tmp_path):
     assert results["config"]["train"]["max_epochs"] == 1
     assert len(results["seeds"]) == 2
     assert main(["train", str(config), "--out", str(out), "--folds", "nobody", "--no-progress", *sum([["--set", t] for t in TINY], []), "--set", "train.max_epochs=1"]) == 2
+
+
+def test_trained_fold_model_predicts_explains_and_exports(tiny_run, corpus, tmp_path):
+    """The artefacts of a run are usable as they are: predict, explain and export a fold's model."""
+    import atfnn
+    from atfnn.explain import explain
+    from atfnn.export import export_onnx
+
+    out, _ = tiny_run
+    fold_dir = sorted((out / "seed-0").iterdir())[0]
+    model = atfnn.load(fold_dir / "model", device="cpu")
+    rows = read_rows(fold_dir / "predictions.csv")
+    audio = Path(rows[0]["uid"])
+    prediction = model.predict(audio)
+    assert prediction.label == rows[0]["pred"], "the deployed model repeats the run's own test decision"
+    assert prediction.probs[rows[0]["pred"]] == pytest.approx(float(rows[0][f"p_{rows[0]['pred']}"]), abs=1e-4)
+    png, _ = explain(fold_dir / "model", audio, tmp_path / "fig.png")
+    assert png.stat().st_size > 10_000
+    onnx_path = export_onnx(fold_dir / "model", tmp_path / "m.onnx")
+    assert atfnn.load(onnx_path).predict(audio).label == prediction.label
