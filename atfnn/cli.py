@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def experiment_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("config", help="experiment YAML (see configs/)")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.max_epochs=30")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=30")
         p.add_argument("--device", help="auto | cpu | cuda | cuda:N (overrides train.device)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

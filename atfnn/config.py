@@ -76,7 +76,7 @@ class TrainConfig:
     lr: float = 5e-4
     weight_decay: float = 0.0
     batch_size: int = 128
-    max_epochs: int = 30  # open: the paper gives no epoch count
+    epochs: int = 30  # open: the paper gives no epoch count; the most epochs, early stopping may end sooner
     patience: int = 10  # early stopping on the validation metric
     select_metric: str = "uar"  # model selection on the fold's validation split, never the test speaker
     class_weighting: bool = False

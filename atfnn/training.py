@@ -161,7 +161,7 @@ def train_fold(
     optimizer = _optimizer(model, train_cfg)
     generator = torch.Generator().manual_seed(seed)
     weight = class_weights(train.y, len(labels)).to(device) if train_cfg.class_weighting else None
-    max_epochs = epochs or train_cfg.max_epochs
+    max_epochs = epochs or train_cfg.epochs
     state = _resume(fold_dir / CHECKPOINT, model, optimizer, generator)
     start, best_epoch, best_score, bad_epochs, best_state, history = (
         state if state else (0, 0, -math.inf, 0, None, [])

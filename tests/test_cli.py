@@ -39,7 +39,7 @@ def test_module_entry_point_runs():
 def test_demo_config_is_valid_and_small():
     cfg = load_config(DEMO_CONFIG)
     assert cfg.corpus.name == "synthetic" and cfg.model.variant == "atfnn"
-    assert cfg.train.max_epochs <= 10
+    assert cfg.train.epochs <= 10
 
 
 @pytest.mark.slow

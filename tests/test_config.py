@@ -20,10 +20,10 @@ def test_defaults_are_the_paper_values():
 
 
 def test_yaml_base_and_overrides(tmp_path):
-    (tmp_path / "base.yaml").write_text("model:\n  heads: 4\ntrain:\n  max_epochs: 5\n")
-    (tmp_path / "exp.yaml").write_text("base: base.yaml\ntrain:\n  max_epochs: 7\ncorpus:\n  name: casia\n")
-    cfg = load_config(tmp_path / "exp.yaml", ["train.max_epochs=30", "train.class_weighting=true", "model.variant=tfnn"])
-    assert cfg.model.heads == 4 and cfg.train.max_epochs == 30 and cfg.train.class_weighting is True
+    (tmp_path / "base.yaml").write_text("model:\n  heads: 4\ntrain:\n  epochs: 5\n")
+    (tmp_path / "exp.yaml").write_text("base: base.yaml\ntrain:\n  epochs: 7\ncorpus:\n  name: casia\n")
+    cfg = load_config(tmp_path / "exp.yaml", ["train.epochs=30", "train.class_weighting=true", "model.variant=tfnn"])
+    assert cfg.model.heads == 4 and cfg.train.epochs == 30 and cfg.train.class_weighting is True
     assert cfg.model.variant == "tfnn" and cfg.corpus.name == "casia"
     assert isinstance(cfg.train.lr, float)
     save_config(cfg, tmp_path / "resolved.yaml")
@@ -34,7 +34,7 @@ def test_yaml_base_and_overrides(tmp_path):
     ("override", "message"),
     [
         ("train.epochz=3", "unknown key.*epochz"),
-        ("train.max_epochs=abc", "train.max_epochs: expected int"),
+        ("train.epochs=abc", "train.epochs: expected int"),
         ("model.variant=cnn", "model.variant='cnn' is not one of"),
         ("model.heads=3", "not divisible by model.heads"),
         ("frontend.segment_hop=0", "segment_hop"),

@@ -19,7 +19,7 @@ TINY = [
     "model.lstm_hidden=8",
     "model.lstm_layers=1",
     "train.batch_size=16",
-    "train.max_epochs=2",
+    "train.epochs=2",
     "frontend.segment_hop=128",
     "train.threads=2",
 ]
@@ -154,12 +154,12 @@ def test_cli_train_with_fold_subset_overrides_and_seeds(corpus, tmp_path):
     args = ["train", str(config), "--out", str(out), "--folds", speakers[0], "--seeds", "2", "--no-progress"]
     for item in TINY:
         args += ["--set", item]
-    assert main(args + ["--set", "train.max_epochs=1"]) == 0
+    assert main(args + ["--set", "train.epochs=1"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert [(f["seed"], f["test"]) for f in results["folds"]] == [(0, speakers[0]), (1, speakers[0])]
-    assert results["config"]["train"]["max_epochs"] == 1
+    assert results["config"]["train"]["epochs"] == 1
     assert len(results["seeds"]) == 2
-    assert main(["train", str(config), "--out", str(out), "--folds", "nobody", "--no-progress", *sum([["--set", t] for t in TINY], []), "--set", "train.max_epochs=1"]) == 2
+    assert main(["train", str(config), "--out", str(out), "--folds", "nobody", "--no-progress", *sum([["--set", t] for t in TINY], []), "--set", "train.epochs=1"]) == 2
 
 
 def test_trained_fold_model_predicts_explains_and_exports(tiny_run, corpus, tmp_path):
