@@ -50,10 +50,10 @@ def prepare_corpus(config: ExperimentConfig, progress: bool = True, log: Callabl
             log(f"  ... and {len(skipped) - 20} more")
     usable = [u for u in report.utterances if u.uid in store]
     segments = feats.build_segments(store, usable, config.frontend)
-    for uid, reason in getattr(segments, "dropped", []):
+    for uid, reason in segments.dropped:
         log(f"  dropped {uid}: {reason}")
-    kept = set(segments.utterance_uids)
-    utterances = [u for u in usable if u.uid in kept]
+    dropped = dict(segments.dropped)
+    utterances = [u for u in usable if u.uid not in dropped]
     if not utterances:
         raise CorpusError(f"{config.corpus.root}: no usable utterance left after feature extraction")
     labels = sorted({u.label for u in utterances})

@@ -20,13 +20,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import shutil
 import sys
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,9 +47,6 @@ COMPLETE_FILE = "complete"
 TMP_PREFIX = ".tmp-"
 STD_FLOOR = 1e-5
 NORM_MODES = ("none", "utterance", "speaker")
-# Measured on CASIA (1200 files, 2 cores): a forked pool is about twice as fast as one process. Below this many
-# files the pool's start-up is not worth it (and serial work keeps tests' monkeypatching effective).
-POOL_MIN_FILES = 128
 GATHER_CHUNK = 2048  # segments gathered at a time: bounds the temporary copy to ~80 MB at 80 x 128 float32
 
 Stats = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -261,7 +256,8 @@ def _build_pack(pack: Path, files: dict[str, str], frontend: FrontEndConfig, pro
             for key, (offset, n_frames) in items:
                 yield key, data[offset : offset + n_frames], None
         yield from ((key, None, reason) for key, reason in reuse_skipped.items())
-        for (key, _), (rows, reason) in zip(todo, _compute(todo, frontend, progress)):
+        # _compute first: zip then runs it to its end, so its `finally` restores torch's threads here.
+        for (rows, reason), (key, _) in zip(_compute(todo, frontend, progress), todo):
             yield key, rows, reason
 
     _write_pack(pack, frontend.n_mels, files, blocks(), _logmel_config(frontend))
@@ -387,42 +383,22 @@ class _FeatureWriter:
 def _compute(
     todo: list[tuple[str, str]], frontend: FrontEndConfig, progress: bool
 ) -> Iterator[tuple[np.ndarray | None, str | None]]:
-    """(rows (n_frames, n_mels) or None, skip reason) per file, in the order of `todo`."""
-    paths = [path for _, path in todo]
-    workers = min(os.cpu_count() or 1, len(paths))
-    pool = _pool(workers) if _use_pool(len(paths)) else None
+    """(rows (n_frames, n_mels) or None, skip reason) per file, in the order of `todo`.
+
+    One process: a forked pool of 2 workers was not measurably faster on CASIA (1200 files, 2 cores).
+    """
     threads = torch.get_num_threads()
+    # One file's STFT is too small to split: on a busy 2-core machine 2 threads took 15x longer than 1.
+    torch.set_num_threads(1)
+    quiet = not progress or not sys.stderr.isatty()
     try:
-        if pool is None:
-            torch.set_num_threads(1)  # one file's STFT is too small to split: more threads were 1.5-3x slower here
-            results = (_logmel_rows(path, frontend) for path in paths)
-        else:
-            # map() submits everything, so the workers fork here, before tqdm may start its monitor thread.
-            chunksize = max(1, min(32, len(paths) // (workers * 8)))
-            results = pool.map(_logmel_rows, paths, [frontend] * len(paths), chunksize=chunksize)
-        bar = tqdm(total=len(paths), desc="log-Mel features", unit="file", disable=not progress or not sys.stderr.isatty())
-        with bar:
-            for result in results:
-                yield result
+        with tqdm(total=len(todo), desc="log-Mel features", unit="file", disable=quiet) as bar:
+            for _, path in todo:
+                result = _logmel_rows(path, frontend)
                 bar.update()
+                yield result
     finally:
         torch.set_num_threads(threads)
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _use_pool(n_files: int) -> bool:
-    # fork only: spawn/forkserver re-import torch in every worker (seconds), more than the work saved on a corpus.
-    return n_files >= POOL_MIN_FILES and (os.cpu_count() or 1) > 1 and "fork" in multiprocessing.get_all_start_methods()
-
-
-def _pool(workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_init_worker)
-
-
-def _init_worker() -> None:
-    # One thread per worker: the workers already use every core, and a forked libgomp must not start a parallel region.
-    torch.set_num_threads(1)
 
 
 def _logmel_rows(path: str, frontend: FrontEndConfig) -> tuple[np.ndarray | None, str | None]:
@@ -537,6 +513,11 @@ def build_segments(
     Normalisation uses the statistics of the real frames; "silence" padding is the log floor normalised the same way,
     so padding still reads as silence after normalising.
     """
+    if store.n_mels != frontend.n_mels:
+        raise ATFNNError(
+            f"feature store {store.path} holds {store.n_mels} mel bands but frontend.n_mels={frontend.n_mels}; "
+            "prepare the features with this front end"
+        )
     if stats is None:
         stats = normalise_stats(store, utterances, frontend.norm)
     length = frontend.segment_frames
