@@ -99,11 +99,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    import yaml
+
     from atfnn.experiment import load_run_config
     from atfnn.reports import finalise_run, run_labels
 
-    config = load_run_config(args.run)
-    finalise_run(args.run, run_labels(args.run), config.to_dict(), title=Path(args.run).name)
+    if "baseline" in yaml.safe_load((Path(args.run) / "config.yaml").read_text()):
+        from atfnn.baselines import finalise_baseline
+
+        finalise_baseline(args.run)
+    else:
+        config = load_run_config(args.run)
+        finalise_run(args.run, run_labels(args.run), config.to_dict(), title=Path(args.run).name)
     print((Path(args.run) / "report.md").read_text())
     return 0
 
