@@ -51,8 +51,9 @@ def test_demo_beats_chance(tmp_path, capsys):
     assert "| synthetic | Leave-one-speaker-out (4 folds) | ATFNN" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["n"] == 4 * 4 * 12
-    # Chance is 25% UAR; 4 x 48 test utterances make one utterance 0.5 points, and the seed is fixed.
+    # Chance is 25% UAR. With 192 test utterances the accuracy of a chance-level classifier has a standard deviation
+    # of about 3.1 points (binomial), so 40 is ~5 of them above chance; measured: 52.08 (seed 0, docs/experiments.md).
     assert results["uar"] >= DEMO_MIN_UAR, results["uar"]
 
 
-DEMO_MIN_UAR = 45.0
+DEMO_MIN_UAR = 40.0
