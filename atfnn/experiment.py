@@ -7,9 +7,12 @@ atomically); a rerun skips finished folds and resumes an unfinished one from las
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import statistics
 import time
 import zlib
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -24,6 +27,7 @@ from atfnn.corpora import Utterance, load_corpus
 from atfnn.errors import ConfigError, CorpusError
 from atfnn.protocols import Fold, make_folds, select_folds, write_folds
 from atfnn.reports import atomic_write_text, finalise_run, write_predictions
+from atfnn.runtime import threads_per_job, tune_allocator
 from atfnn.training import SplitData, evaluate, resolve_device, train_fold
 
 DONE = "done.json"
@@ -111,10 +115,19 @@ def run_experiment(
     progress: bool = True,
     on_fold_done: Callable[[str, int], None] | None = None,
     log: Callable[[str], None] = print,
+    jobs: int = 1,
 ) -> dict:
-    """Run (or resume) every selected fold for `seeds` seeds (train.seed, train.seed + 1, ...); return results."""
+    """Run (or resume) every selected fold for `seeds` seeds (train.seed, train.seed + 1, ...); return results.
+
+    jobs > 1 trains that many folds at once, each in its own process with its share of the cores (train.threads
+    each when set). On a CPU this is faster than one fold on all cores (docs/performance.md); a fold's result does
+    not depend on it beyond floating-point summation order.
+    """
     out = Path(out)
     check_run_dir(out, config)
+    tune_allocator()
+    if jobs < 1:
+        raise ConfigError(f"jobs must be at least 1, got {jobs}")
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     device = resolve_device(config.train.device)
@@ -125,18 +138,69 @@ def run_experiment(
     )
     write_folds(all_folds, corpus.utterances, out)
     chosen = select_folds(all_folds, folds)
+    pending = []
     for seed in range(config.train.seed, config.train.seed + seeds):
         for fold in chosen:
-            fold_dir = out / f"seed-{seed}" / fold.name
-            if (fold_dir / DONE).is_file():
+            if (out / f"seed-{seed}" / fold.name / DONE).is_file():
                 log(f"seed {seed}, fold {fold.name}: done, skipped")
-                continue
+            else:
+                pending.append((seed, fold))
+    if jobs > 1 and len(pending) > 1:
+        _run_parallel(config, out, pending, jobs, on_fold_done, log)
+    else:
+        for seed, fold in pending:
             log(f"seed {seed}, fold {fold.name}: training on {len(fold.train)} utterances, "
                 f"validating on {len(fold.validation)}, testing on {len(fold.test)} ({device})")
-            run_fold(config, corpus, fold, fold_dir, seed, device, progress)
+            run_fold(config, corpus, fold, out / f"seed-{seed}" / fold.name, seed, device, progress)
             if on_fold_done is not None:
                 on_fold_done(fold.name, seed)
     return finalise_run(out, corpus.labels, config.to_dict(), title=out.name)
+
+
+def _run_parallel(
+    config: ExperimentConfig, out: Path, pending: list[tuple[int, Fold]], jobs: int,
+    on_fold_done: Callable[[str, int], None] | None, log: Callable[[str], None],
+) -> None:
+    """Train the pending (seed, fold) pairs in `jobs` worker processes; stop handing out work at the first failure."""
+    workers = min(jobs, len(pending))
+    threads = threads_per_job(workers, config.train.threads)
+    log(f"{len(pending)} fold(s) to train, {workers} at a time with {threads} thread(s) each")
+    # spawn, not fork: a forked child inherits torch's thread pools in an undefined state.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = {
+            pool.submit(_fold_job, config.to_dict(), str(out), fold.name, seed, threads): (seed, fold)
+            for seed, fold in pending
+        }
+        for future in as_completed(futures):
+            seed, fold = futures[future]
+            try:
+                done = future.result()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # running folds finish (or keep last.pt); then report
+                raise
+            log(f"seed {seed}, fold {fold.name}: UAR {done['uar']:.2f}  WAR {done['war']:.2f}  "
+                f"(best epoch {done['best_epoch']}, {done['seconds']:.0f} s)")
+            if on_fold_done is not None:
+                on_fold_done(fold.name, seed)
+
+
+def _fold_job(config_dict: dict, out: str, fold_name: str, seed: int, threads: int) -> dict:
+    """One fold in a worker process: the corpus comes from the feature cache the parent has filled."""
+    tune_allocator()
+    torch.set_num_threads(threads)
+    config = from_dict(config_dict)
+    corpus = prepare_corpus(config, progress=False, log=lambda message: None)
+    fold = next(
+        f for f in make_folds(
+            corpus.utterances, config.protocol.kind, config.protocol.validation, config.protocol.val_fraction,
+            config.protocol.seed,
+        ) if f.name == fold_name
+    )
+    print(f"seed {seed}, fold {fold.name}: training on {len(fold.train)} utterances, validating on "
+          f"{len(fold.validation)}, testing on {len(fold.test)} (worker {os.getpid()}, {threads} thread(s))", flush=True)
+    device = resolve_device(config.train.device)
+    return run_fold(config, corpus, fold, Path(out) / f"seed-{seed}" / fold.name, seed, device, progress=False)
 
 
 def run_fold(
@@ -187,6 +251,7 @@ def fit_final(
     """Train one deployable model on every speaker of the corpus for a fixed number of epochs; returns its directory."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    tune_allocator()
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     device = resolve_device(config.train.device)

@@ -1,10 +1,24 @@
-"""ATFNN (section II of the paper) and its Table III ablations, as plain nn.Modules.
+"""ATFNN (section II of the paper) and its Table III ablations, as nn.Modules.
 
 Shapes: B batch, F mel bands (80), T frames (128), C channels (c = 8), G groups. The paper writes x̂ ∈ R^{f×t×c};
 inside the network the encodings are kept frame-major, (B, T, F, C), because the T-Encoder reads one frame per step.
 Every choice the paper leaves open is a `ModelConfig` field; docs/model.md quotes the paper beside each.
+
+Two parts are computed by an exact reformulation (same function, same parameters and state_dict as the plain
+layers; docs/performance.md has the derivations and timings, tests/test_model_parity.py checks the equivalence):
+- the F-Encoder's self-attention reads one scalar per band, so its softmax depends only on scalars
+  (`_scalar_self_attention`), instead of 80x80 attention over 4-dimensional heads;
+- the Bi-LSTM, in training on the CPU, runs as `_BiLSTMLayer` (input projections as one GEMM, a hand-written
+  backward through time) instead of oneDNN's RNN, which is an order of magnitude slower on AVX2 CPUs.
+The plain layers still run where the shortcut does not apply (ONNX export and tracing, attention dropout, CUDA
+for the LSTM, autocast for the LSTM).
 """
 from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +28,8 @@ from atfnn.config import ModelConfig
 from atfnn.errors import ConfigError
 
 VARIANTS = ("atfnn", "tfnn", "afnn", "atnn")
+# Per-thread thread counts (see _side_by_side) need OpenMP, the backend of PyTorch's CPU builds.
+_OPENMP = "parallel backend: OpenMP" in torch.__config__.parallel_info()
 # Which parts each network of Table III has: (F-Attention, F-Encoder, T-Attention, T-Encoder).
 PARTS = {
     "atfnn": (True, True, True, True),
@@ -31,6 +47,11 @@ def _activate(scores: Tensor, kind: str, group_dim: int) -> Tensor:
     if kind == "tanh":
         return torch.tanh(scores)
     return scores
+
+
+def _exporting() -> bool:
+    """Tracing (ONNX export, torch.jit.trace) records the plain layers, which every exporter knows."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
 
 
 class FAttention(nn.Module):
@@ -51,6 +72,38 @@ class FAttention(nn.Module):
         return x + a * x, a
 
 
+def _scalar_self_attention(x: Tensor, embed: nn.Linear, attention: nn.MultiheadAttention) -> Tensor:
+    """attention(embed(x)) for sequences of scalars x (N, F) -> (N, F, C), without the (N, heads, F, F) logits.
+
+    Token j is h_j = x_j w + b, so per head q_i = x_i u_q + p_q and k_j = x_j u_k + p_k, and the logit
+    q_i·k_j/√d = x_j (x_i α + β) + (terms without j, which the softmax over j cancels), with α = u_q·u_k/√d,
+    β = p_q·u_k/√d. Since v_j = x_j u_v + p_v and the weights sum to one, head n returns m_in u_v + p_v with
+    m_in = Σ_j softmax_j(a_in x_j) x_j, a_in = x_i α_n + β_n: attention of 1-dimensional queries (a) over
+    1-dimensional keys and values (x). Exact algebra; only the fp32 rounding differs from the plain layer.
+    """
+    n, f = x.shape
+    c, heads = attention.embed_dim, attention.num_heads
+    d = c // heads
+    w, b = embed.weight[:, 0], embed.bias  # (C,), (C,)
+    u = attention.in_proj_weight @ w  # (3C,): the q, k, v of a token per unit of x
+    p = attention.in_proj_weight @ b + attention.in_proj_bias  # (3C,): ... and at x = 0
+    u_q, u_k, u_v = u.view(3, heads, d).unbind(0)
+    p_q, _, p_v = p.view(3, heads, d).unbind(0)
+    alpha, beta = (u_q * u_k).sum(-1) / math.sqrt(d), (p_q * u_k).sum(-1) / math.sqrt(d)  # (H,)
+    queries = torch.addcmul(beta[:, None], x[:, None, :], alpha[:, None])  # (N, H, F)
+    # Centring the keys leaves the softmax unchanged and keeps the products a·x small (better fp32 rounding);
+    # the centre is a constant for autograd, which is exact because the result does not depend on it.
+    centre = x.mean(dim=1, keepdim=True).detach()
+    keys = (x - centre)[:, None, :, None].expand(n, heads, f, 1)
+    m = F.scaled_dot_product_attention(queries.unsqueeze(-1), keys, keys, scale=1.0).squeeze(-1)  # (N, H, F)
+    m = m + centre[:, None, :]
+    # Output projection of [m_in u_v + p_v]_n: m (N, F, H) @ Z (H, C) + z0.
+    w_o = attention.out_proj.weight.view(c, heads, d)  # columns grouped by head
+    z = torch.einsum("chd,hd->hc", w_o, u_v)
+    z0 = attention.out_proj.weight @ p_v.reshape(c) + attention.out_proj.bias
+    return torch.addmm(z0, m.transpose(1, 2).reshape(n * f, heads), z).view(n, f, c)
+
+
 class FEncoder(nn.Module):
     """Fig. 2: linear 1 -> c, self-attention across the bands of each frame (no positions), add & norm,
     two 1x5 convolutions (32 and c channels), add & norm. x (B, F, T) -> x̂ (B, T, F, C)."""
@@ -69,23 +122,34 @@ class FEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, f, t = x.shape
-        h = self.embed(x.transpose(1, 2).reshape(b * t, f, 1))  # (B*T, F, C): one sequence of F tokens per frame
-        attended, _ = self.attention(h, h, h, need_weights=False)
+        tokens = x.transpose(1, 2).reshape(b * t, f)  # one sequence of F scalars per frame
+        h = self.embed(tokens.unsqueeze(-1))  # (B*T, F, C)
+        attended = self._attend(tokens, h)
         h = self.norm1(h + self.dropout(attended))
-        h = self.norm2(h + self.dropout(self._convolve(h, b, t)))
-        return h.reshape(b, t, f, -1)  # (B, T, F, C)
+        h = self.norm2(h + self.dropout(self._convolve(h.view(b, t, f, -1)).reshape(b * t, f, -1)))
+        return h.view(b, t, f, -1)  # (B, T, F, C)
 
-    def _convolve(self, h: Tensor, b: int, t: int) -> Tensor:
-        """The 1x5 convolutions, along the bands of a frame (default) or along the frames of a band."""
-        bt, f, c = h.shape
-        if self.conv_axis == "frequency":
-            y = h.transpose(1, 2)  # (B*T, C, F)
-        else:
-            y = h.reshape(b, t, f, c).permute(0, 2, 3, 1).reshape(b * f, c, t)  # (B*F, C, T)
-        y = self.conv2(F.relu(self.conv1(y)))
-        if self.conv_axis == "frequency":
-            return y.transpose(1, 2)
-        return y.reshape(b, f, c, t).permute(0, 3, 1, 2).reshape(bt, f, c)
+    def _attend(self, tokens: Tensor, h: Tensor) -> Tensor:
+        # Dropout on the attention weights breaks "weights sum to one", which the shortcut relies on.
+        if _exporting() or (self.training and self.attention.dropout > 0):
+            return self.attention(h, h, h, need_weights=False)[0]
+        return _scalar_self_attention(tokens, self.embed, self.attention)
+
+    def _convolve(self, h: Tensor) -> Tensor:
+        """The 1x5 convolutions along the bands of a frame (default) or the frames of a band; (B, T, F, C) in/out.
+
+        (B, T, F, C) memory is a channels-last (B, C, T, F) image, so both axes are one Conv2d with a 1x5 or 5x1
+        kernel (the Conv1d weights with a unit axis), and no transposes are copied.
+        """
+        k = self.conv1.kernel_size[0]
+        along_f = self.conv_axis == "frequency"
+        kernel = (lambda w: w.unsqueeze(2)) if along_f else (lambda w: w.unsqueeze(3))  # (out, in, 1, k) / (k, 1)
+        padding = (0, k // 2) if along_f else (k // 2, 0)
+        y = h.permute(0, 3, 1, 2)  # (B, C, T, F), channels-last
+        # In place: conv2d's backward keeps its input, not its output, so ReLU may overwrite it (one buffer less).
+        y = F.relu(F.conv2d(y, kernel(self.conv1.weight), self.conv1.bias, padding=padding), inplace=True)
+        y = F.conv2d(y, kernel(self.conv2.weight), self.conv2.bias, padding=padding)
+        return y.permute(0, 2, 3, 1)  # (B, T, F, C)
 
 
 class TAttention(nn.Module):
@@ -108,6 +172,159 @@ class TAttention(nn.Module):
         return encoding + scale * encoding, a
 
 
+class _BiLSTMLayer(torch.autograd.Function):
+    """One bidirectional LSTM layer with nn.LSTM's equations and a zero initial state, time-major.
+
+    x (T, B, D), w_ih (8H, D) and bias (8H,) = b_ih + b_hh of both directions stacked, w_hh_f / w_hh_b (4H, H);
+    gates are ordered (i, f, o, g) so that one sigmoid covers three. Returns y (T, B, 2H) as nn.LSTM's output.
+    - The input projections of all steps are GEMMs before the loop; the loop multiplies only (B, H) x (H, 4H).
+    - The two directions run at the same time, one per thread (`_side_by_side`): the per-step operations are
+      too small to share between threads, but the directions are independent.
+    - The forward loop also stores each step's local derivatives (cheap while the step is in cache), so the
+      backward loop is a few products per step, and all weight gradients are GEMMs after it.
+    - Buffers are allocated per layer, not per step (a fresh tensor per step costs page faults), and laid out
+      (direction, T, B, .) so that every per-step slice is contiguous.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w_ih: Tensor, bias: Tensor, w_hh_f: Tensor, w_hh_b: Tensor) -> Tensor:
+        t, b, d = x.shape
+        hid = w_hh_f.shape[1]
+        rows = x.reshape(t * b, d)
+        gates_in = x.new_empty(2, t, b, 4 * hid)  # input projection + biases, per direction
+        for k in range(2):
+            torch.addmm(bias[k * 4 * hid : (k + 1) * 4 * hid], rows, w_ih[k * 4 * hid : (k + 1) * 4 * hid].t(),
+                        out=gates_in[k].view(t * b, 4 * hid))
+        y = x.new_empty(t, b, 2 * hid)
+        forget = x.new_empty(2, t, b, hid)  # forget gate per direction and step
+        coef = x.new_empty(2, t, b, 4 * hid)  # d gates = [dc, dc, dh, dc] * coef, see _lstm_direction
+        dh_dc = x.new_empty(2, t, b, hid)  # d h / d c within a step
+        _side_by_side(*(
+            (lambda k=k, w=w: _lstm_direction(gates_in[k], w, y[..., k * hid : (k + 1) * hid], forget[k], coef[k],
+                                              dh_dc[k], reverse=k == 1))
+            for k, w in enumerate((w_hh_f, w_hh_b))
+        ))
+        ctx.save_for_backward(x, w_ih, w_hh_f, w_hh_b, y, forget, coef, dh_dc)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy: Tensor):
+        x, w_ih, w_hh_f, w_hh_b, y, forget, coef, dh_dc = ctx.saved_tensors
+        t, b, d = x.shape
+        hid = w_hh_f.shape[1]
+        dgates = x.new_empty(2, t, b, 4 * hid)  # d loss / d (pre-activation gates), per direction
+        _side_by_side(*(
+            (lambda k=k, w=w: _lstm_direction_backward(dy[..., k * hid : (k + 1) * hid], w, forget[k], coef[k],
+                                                       dh_dc[k], dgates[k], reverse=k == 1))
+            for k, w in enumerate((w_hh_f, w_hh_b))
+        ))
+        # h_prev of step s is y[s - 1] forward and y[s + 1] backward, zero at each direction's first step.
+        dw_hh_f = dgates[0, 1:].reshape(-1, 4 * hid).t() @ y[:-1, :, :hid].reshape(-1, hid)
+        dw_hh_b = dgates[1, :-1].reshape(-1, 4 * hid).t() @ y[1:, :, hid:].reshape(-1, hid)
+        flat = dgates.view(2, t * b, 4 * hid)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.addmm(flat[0] @ w_ih[: 4 * hid], flat[1], w_ih[4 * hid :]).view(t, b, d)
+        rows = x.reshape(t * b, d)
+        dw_ih = torch.cat([flat[0].t() @ rows, flat[1].t() @ rows])
+        return dx, dw_ih, flat.sum(1).view(-1), dw_hh_f, dw_hh_b
+
+
+_worker: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked child needs its own thread
+
+
+def _side_by_side(first: Callable[[], None], second: Callable[[], None]) -> None:
+    """Run two independent jobs at the same time, each with half of torch's threads (sequentially with one).
+
+    Per-thread thread counts are an OpenMP property: torch.set_num_threads sets the calling thread's OpenMP and MKL
+    counts, so the worker and this thread each run their operations on their own core.
+    """
+    global _worker
+    threads = torch.get_num_threads()
+    if threads < 2 or not _OPENMP:
+        first()
+        second()
+        return
+    if _worker is None or _worker[0] != os.getpid():
+        _worker = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="atfnn-lstm"))
+    half = threads // 2
+    future = _worker[1].submit(_with_threads, half, torch.is_grad_enabled(), second)
+    try:
+        torch.set_num_threads(threads - half)
+        first()
+    finally:
+        future.result()  # joins (and re-raises) before the count is restored
+        torch.set_num_threads(threads)
+
+
+def _with_threads(threads: int, grad: bool, job: Callable[[], None]) -> None:
+    torch.set_num_threads(threads)
+    with torch.set_grad_enabled(grad):  # grad mode is per thread: the caller's (off inside autograd.Function)
+        job()
+
+
+def _lstm_direction(
+    gates_in: Tensor, w_hh: Tensor, y: Tensor, forget: Tensor, coef: Tensor, dh_dc: Tensor, reverse: bool
+) -> None:
+    """Run one direction over gates_in (T, B, 4H), writing h into y (T, B, H) and, per time step: the forget
+    gate, coef = [g σ'(i), c_prev σ'(f), tanh(c) σ'(o), i tanh'(g)] and dh_dc = o tanh'(c)."""
+    t, b, hid = dh_dc.shape
+    w_t = w_hh.t()
+    gates, act = gates_in.new_empty(b, 4 * hid), gates_in.new_empty(b, 4 * hid)
+    cell, cell_prev, tanh_c = (gates_in.new_empty(b, hid) for _ in range(3))
+    ones = gates_in.new_ones(b, hid)
+    i, f, o, g = act.split(hid, dim=1)
+    prev = None
+    for s in range(t - 1, -1, -1) if reverse else range(t):
+        pre = gates_in[s] if prev is None else torch.addmm(gates_in[s], y[prev], w_t, out=gates)
+        torch.sigmoid(pre[:, : 3 * hid], out=act[:, : 3 * hid])
+        torch.tanh(pre[:, 3 * hid :], out=g)
+        if prev is None:
+            torch.mul(i, g, out=cell)
+        else:
+            torch.mul(f, cell_prev, out=cell).addcmul_(i, g)
+        torch.tanh(cell, out=tanh_c)
+        torch.mul(o, tanh_c, out=y[s])
+        forget[s].copy_(f)
+        cs = coef[s]
+        torch.addcmul(act[:, : 3 * hid], act[:, : 3 * hid], act[:, : 3 * hid], value=-1, out=cs[:, : 3 * hid])  # σ'
+        cs[:, :hid].mul_(g)
+        if prev is None:
+            cs[:, hid : 2 * hid].zero_()  # c before the first step is zero
+        else:
+            cs[:, hid : 2 * hid].mul_(cell_prev)
+        cs[:, 2 * hid : 3 * hid].mul_(tanh_c)
+        torch.addcmul(ones, g, g, value=-1, out=cs[:, 3 * hid :]).mul_(i)
+        torch.addcmul(ones, tanh_c, tanh_c, value=-1, out=dh_dc[s]).mul_(o)
+        cell, cell_prev = cell_prev, cell
+        prev = s
+
+
+def _lstm_direction_backward(
+    dy: Tensor, w_hh: Tensor, forget: Tensor, coef: Tensor, dh_dc: Tensor, dgates: Tensor, reverse: bool
+) -> None:
+    """Backpropagate one direction through time: dy (T, B, H) -> dgates (T, B, 4H)."""
+    t, b, hid = dh_dc.shape
+    dh, dc = dy.new_empty(b, hid), dy.new_empty(b, hid)
+    steps = range(t) if reverse else range(t - 1, -1, -1)  # the forward loop's order, backwards
+    last = steps[-1]
+    for s in steps:
+        if s == steps[0]:
+            dh.copy_(dy[s])
+            torch.mul(dh, dh_dc[s], out=dc)
+        else:
+            dc.addcmul_(dh, dh_dc[s])
+        dg, cs = dgates[s], coef[s]
+        torch.mul(dc, cs[:, :hid], out=dg[:, :hid])
+        torch.mul(dc, cs[:, hid : 2 * hid], out=dg[:, hid : 2 * hid])
+        torch.mul(dh, cs[:, 2 * hid : 3 * hid], out=dg[:, 2 * hid : 3 * hid])
+        torch.mul(dc, cs[:, 3 * hid :], out=dg[:, 3 * hid :])
+        if s != last:
+            dc.mul_(forget[s])
+            torch.addmm(dy[s + 1 if reverse else s - 1], dg, w_hh, out=dh)
+
+
 class TEncoder(nn.Module):
     """3-layer Bi-LSTM over frames; h = [last forward state, last backward state]. (B, T, D) -> (B, 2*hidden)."""
 
@@ -116,8 +333,42 @@ class TEncoder(nn.Module):
         self.lstm = nn.LSTM(input_size, hidden, layers, batch_first=True, bidirectional=True, dropout=dropout)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._use_fused(x):
+            # Under CPU autocast the fused layers run in float32 (their buffers have one dtype); the CPUs this
+            # targets have no bf16 arithmetic, where the plain layer's bf16 path is slower still.
+            with torch.autocast("cpu", enabled=False):
+                xt = x.transpose(0, 1).contiguous()
+                y = self._fused_lstm(xt if x.dtype == torch.float64 else xt.float())  # (T, B, 2H)
+            hid = self.lstm.hidden_size
+            return torch.cat([y[-1, :, :hid], y[0, :, hid:]], dim=1)
         _, (h_n, _) = self.lstm(x)  # h_n (layers * 2, B, hidden); the last two are the top layer's directions
         return torch.cat([h_n[-2], h_n[-1]], dim=1)
+
+    def _use_fused(self, x: Tensor) -> bool:
+        # oneDNN's RNN is fast without autograd and cuDNN on GPUs; its training path on CPUs is the slow one.
+        return (
+            x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+            and self.lstm.weight_ih_l0.dtype in (torch.float32, torch.float64)
+            and torch.is_grad_enabled()
+            and not _exporting()
+        )
+
+    def _fused_lstm(self, x: Tensor) -> Tensor:
+        """nn.LSTM's output, time-major: (T, B, D) -> (T, B, 2H), same parameters, one _BiLSTMLayer per layer."""
+        lstm, h = self.lstm, x
+        hid = lstm.hidden_size
+        # nn.LSTM's gate rows are (i, f, g, o); _BiLSTMLayer wants (i, f, o, g).
+        order = torch.arange(4 * hid, device=x.device).view(4, hid)[[0, 1, 3, 2]].flatten()
+        for layer in range(lstm.num_layers):
+            if layer > 0 and lstm.dropout > 0 and self.training:
+                h = F.dropout(h, lstm.dropout, training=True)  # as nn.LSTM: between layers, not after the last
+            fwd = [getattr(lstm, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            bwd = [getattr(lstm, f"{name}_l{layer}_reverse") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            w_ih = torch.cat([fwd[0][order], bwd[0][order]])
+            bias = torch.cat([(fwd[2] + fwd[3])[order], (bwd[2] + bwd[3])[order]])
+            h = _BiLSTMLayer.apply(h, w_ih, bias, fwd[1][order], bwd[1][order])
+        return h
 
 
 class ATFNN(nn.Module):

@@ -136,6 +136,31 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(corpus, tiny_r
     assert probs[0] == probs[1], "resuming reproduces the uninterrupted posteriors exactly"
 
 
+def test_parallel_folds_match_the_serial_run(corpus, tiny_run, tmp_path):
+    reference_dir, reference = tiny_run
+    out = tmp_path / "parallel"
+    done = []
+    results = run_experiment(
+        tiny_config(corpus, tmp_path / "cache"), out, progress=False, jobs=2,
+        on_fold_done=lambda fold, seed: done.append(fold), log=lambda message: None,
+    )
+    assert sorted(done) == sorted(f["test"] for f in reference["folds"])
+    assert results["uar"] == pytest.approx(reference["uar"])
+    for fold in done:
+        ours, theirs = (read_rows(d / "seed-0" / fold / "predictions.csv") for d in (out, reference_dir))
+        assert [r["pred"] for r in ours] == [r["pred"] for r in theirs], fold
+        probs = [float(r[k]) for r in ours for k in r if k.startswith("p_")]
+        assert len(probs) == len(ours) * len(reference["labels"])
+        assert probs == pytest.approx(
+            [float(r[k]) for r in theirs for k in r if k.startswith("p_")], abs=1e-5
+        )
+
+
+def test_jobs_must_be_positive(corpus, tmp_path):
+    with pytest.raises(ConfigError, match="jobs must be at least 1"):
+        run_experiment(tiny_config(corpus, tmp_path / "cache"), tmp_path / "run", progress=False, jobs=0)
+
+
 def test_changed_config_is_refused(corpus, tmp_path):
     out = tmp_path / "run"
     check_run_dir(out, tiny_config(corpus, tmp_path / "cache"))

@@ -1,0 +1,537 @@
+"""Performance benchmarks of atfnn on this machine; one command writes results.json and results.md.
+
+    python benchmarks/run.py --out benchmarks/results            # default run (~10 min on a 2-core CPU)
+    python benchmarks/run.py --quick                             # one timed repeat each, no memory subprocesses
+    python benchmarks/run.py --repeats 5 --threads 2 --extra     # extra: bf16/fp16 autocast and torch.compile
+
+What is measured (docs/performance.md explains each):
+- training throughput (segments/s) of ATFNN and each ablation, optimised (atfnn.model) and reference
+  (benchmarks/reference_model.py, the plain model), same weights, batch 128, forward + backward + Adam step;
+  median of the timed repeats after a warm-up step, the two models interleaved in one process;
+- inference throughput (segments/s, eval mode, inference_mode);
+- front end: seconds of audio per second, `atfnn.audio.log_mel_spectrogram` vs librosa with the same parameters;
+- peak memory (ru_maxrss) of one training step, each model in a fresh subprocess;
+- predict latency of a 3 s file (when `atfnn.inference.load` exists);
+- with --extra: bf16 and fp16 autocast training steps, and torch.compile (compile time and steady state).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime as _dt
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from atfnn import audio  # noqa: E402
+from atfnn.config import FrontEndConfig, ModelConfig  # noqa: E402
+from atfnn.model import VARIANTS, build_model  # noqa: E402
+
+REFERENCE_FILE = ROOT / "benchmarks" / "reference_model.py"
+SHARED_DATA = Path(os.environ.get("ATFNN_SHARED_DATA", ROOT / ".." / "shared" / "data")).resolve()
+BATCH = 128
+N_CLASSES = 6  # CASIA
+LR = 5e-4
+INFERENCE_BATCH = 128
+FRONTEND_SECONDS = 60.0
+CASIA_FILES = 100  # the first N files of CASIA, sorted by path, for the front-end benchmark
+PREDICT_SECONDS = 3.0
+
+
+# glibc mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+MALLOC_TUNING = ((M_MMAP_THRESHOLD, 1 << 30), (M_TRIM_THRESHOLD, 2**31 - 1), (M_TOP_PAD, 256 << 20))
+
+
+# ----------------------------------------------------------------------------------------------------------- setup
+def tune_malloc() -> bool:
+    """Make glibc keep freed memory for reuse (no mmap below 1 GiB, no trimming) instead of returning it.
+
+    A training step allocates ~2 GB of short-lived tensors; by default each large one is a fresh mmap whose pages
+    fault in again (about half a million page faults and 1.5 s of kernel time per step on the benchmark VM).
+    Process-wide, so it is applied before anything is measured, or not at all. False when not on glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return all(libc.mallopt(param, value) == 1 for param, value in MALLOC_TUNING)
+
+
+def load_reference():
+    """The frozen plain model (benchmarks/reference_model.py) as a module."""
+    spec = importlib.util.spec_from_file_location("atfnn_reference_model", REFERENCE_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def model_pair(variant: str, reference) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Optimised and reference model of one variant with the same weights."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(variant=variant)
+    model = build_model(cfg, N_CLASSES)
+    ref = reference.build_model(cfg, N_CLASSES)
+    ref.load_state_dict(model.state_dict())
+    return model, ref
+
+
+def batch(size: int = BATCH, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random segments at the scale of log-Mel values, and labels."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = ModelConfig()
+    x = torch.randn(size, cfg.n_mels, cfg.frames, generator=g) * 3 - 6
+    return x, torch.randint(0, N_CLASSES, (size,), generator=g)
+
+
+def train_step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None = None):
+    """A closure running one training step (forward, cross-entropy, backward, Adam), as atfnn.training does."""
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+
+    def step() -> None:
+        if dtype is None:
+            logits = model(x)
+        else:
+            with torch.autocast("cpu", dtype=dtype):
+                logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each function: warm-up calls, then `repeats` rounds calling each once in turn.
+
+    Interleaving makes slow drifts of the machine (other processes, thermal state) hit every function alike.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn))
+    return times
+
+
+def summary(seconds: list[float], items: int) -> dict:
+    med = statistics.median(seconds)
+    return {"seconds": [round(s, 4) for s in seconds], "median_s": round(med, 4), "per_s": round(items / med, 2)}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------------ benchmarks
+def bench_training(reference, variants: list[str], repeats: int, with_reference: bool) -> dict:
+    x, y = batch()
+    out = {}
+    for variant in variants:
+        model, ref = model_pair(variant, reference)
+        fns = {"optimised": train_step_fn(model, x, y)}
+        if with_reference:
+            fns["reference"] = train_step_fn(ref, x, y)
+        times = interleaved(fns, repeats)
+        row = {name: summary(t, BATCH) for name, t in times.items()}
+        if with_reference:
+            row["speedup"] = round(row["reference"]["median_s"] / row["optimised"]["median_s"], 2)
+        out[variant] = row
+        log(f"train {variant}: " + ", ".join(f"{k} {v['per_s']} seg/s" for k, v in row.items() if isinstance(v, dict))
+            + (f", x{row['speedup']}" if with_reference else ""))
+    return out
+
+
+def bench_inference(reference, variants: list[str], repeats: int, with_reference: bool) -> dict:
+    x, _ = batch(INFERENCE_BATCH, seed=1)
+    out = {}
+    for variant in variants:
+        model, ref = model_pair(variant, reference)
+        models = {"optimised": model.eval()}
+        if with_reference:
+            models["reference"] = ref.eval()
+
+        def forward(m):
+            def run():
+                with torch.inference_mode():
+                    m(x)
+            return run
+
+        times = interleaved({k: forward(m) for k, m in models.items()}, repeats)
+        row = {name: summary(t, INFERENCE_BATCH) for name, t in times.items()}
+        if with_reference:
+            row["speedup"] = round(row["reference"]["median_s"] / row["optimised"]["median_s"], 2)
+        out[variant] = row
+        log(f"inference {variant}: " + ", ".join(f"{k} {v['per_s']} seg/s" for k, v in row.items() if isinstance(v, dict)))
+    return out
+
+
+def bench_autocast(reference, repeats: int) -> dict:
+    """bf16 / fp16 autocast training steps of ATFNN against fp32 (this CPU may lack native bf16/fp16 arithmetic)."""
+    x, y = batch()
+    out = {}
+    model, ref = model_pair("atfnn", reference)
+    for label, dtype in (("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        for name, m in (("optimised", model), ("reference", ref)):
+            key = f"{name}_{label}"
+            try:
+                times = interleaved({key: train_step_fn(m, x, y, dtype)}, repeats)
+                out[key] = summary(times[key], BATCH)
+                log(f"autocast {key}: {out[key]['per_s']} seg/s")
+            except Exception as e:  # report, not crash: fp16 autocast on CPU is not supported by every build
+                out[key] = {"error": f"{type(e).__name__}: {e}"[:300]}
+                log(f"autocast {key}: {out[key]['error']}")
+    return out
+
+
+def bench_compile(repeats: int) -> dict:
+    """torch.compile of the optimised ATFNN: time of the first (compiling) step and the steady state."""
+    x, y = batch()
+    out = {}
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(), N_CLASSES)
+    try:
+        from torch import _dynamo
+
+        _dynamo.reset()
+        compiled = torch.compile(model)
+        step = train_step_fn(compiled, x, y)
+        first = timed(step)
+        times = interleaved({"compiled": step}, repeats, warmup=1)
+        out = {"first_step_s": round(first, 2), **summary(times["compiled"], BATCH)}
+        log(f"compile: first step {first:.1f} s, then {out['per_s']} seg/s")
+    except Exception as e:
+        out = {"error": f"{type(e).__name__}: {e}"[:500]}
+        log(f"compile failed: {out['error']}")
+    return out
+
+
+def _synthetic_speech(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
+    """A harmonic tone with a moving pitch plus noise: a deterministic stand-in for speech."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 150 + 50 * np.sin(2 * np.pi * 0.5 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    wave = sum(np.sin(k * phase) / k for k in range(1, 10)) + 0.05 * rng.standard_normal(t.size)
+    return (0.1 * wave).astype(np.float32)
+
+
+def _librosa_logmel(wave: np.ndarray, fe: FrontEndConfig) -> np.ndarray:
+    import librosa
+
+    mel = librosa.feature.melspectrogram(
+        y=wave, sr=fe.sample_rate, n_fft=fe.n_fft, hop_length=fe.hop_length, win_length=fe.win_length,
+        window="hamming", center=True, pad_mode="constant", power=2.0, n_mels=fe.n_mels, fmin=fe.fmin, fmax=fe.fmax,
+    )
+    return np.log(np.maximum(mel, fe.log_floor))
+
+
+def casia_files(limit: int) -> list[Path]:
+    root = SHARED_DATA / "casia"
+    return sorted(root.rglob("*.wav"))[:limit] if root.is_dir() else []
+
+
+def bench_frontend(repeats: int) -> dict:
+    fe = FrontEndConfig()
+    out: dict = {}
+    wave = _synthetic_speech(FRONTEND_SECONDS, fe.sample_rate)
+    ours = lambda: audio.log_mel_spectrogram(wave, fe)  # noqa: E731
+    theirs = lambda: _librosa_logmel(wave, fe)  # noqa: E731
+    diff = float(np.abs(ours().numpy() - theirs()).max())
+    times = interleaved({"atfnn": ours, "librosa": theirs}, repeats)
+    out["synthetic_60s"] = {
+        name: {**summary(t, 1), "audio_s_per_s": round(FRONTEND_SECONDS / statistics.median(t), 1)}
+        for name, t in times.items()
+    }
+    out["synthetic_60s"]["max_abs_diff_log"] = diff
+    log(f"front end 60 s: atfnn {out['synthetic_60s']['atfnn']['audio_s_per_s']} s/s, "
+        f"librosa {out['synthetic_60s']['librosa']['audio_s_per_s']} s/s, max |diff| {diff:.2e}")
+    files = casia_files(CASIA_FILES)
+    if not files:
+        out["casia"] = {"skipped": f"no CASIA wav files under {SHARED_DATA / 'casia'}"}
+        return out
+    waves = [audio.load_audio(f, fe.sample_rate) for f in files]
+    total = sum(len(w) for w in waves) / fe.sample_rate
+    times = interleaved(
+        {
+            "atfnn": lambda: [audio.log_mel_spectrogram(w, fe) for w in waves],
+            "librosa": lambda: [_librosa_logmel(w, fe) for w in waves],
+            "atfnn_with_loading": lambda: [audio.log_mel_spectrogram(f, fe) for f in files],
+        },
+        repeats,
+    )
+    out["casia"] = {
+        "files": len(files), "audio_s": round(total, 1),
+        **{name: {**summary(t, len(files)), "audio_s_per_s": round(total / statistics.median(t), 1)}
+           for name, t in times.items()},
+    }
+    log(f"front end CASIA ({len(files)} files, {total:.0f} s): "
+        + ", ".join(f"{k} {v['audio_s_per_s']} s/s" for k, v in out["casia"].items() if isinstance(v, dict)))
+    return out
+
+
+def bench_predict(repeats: int) -> dict:
+    """Latency of Predictor.predict on one 3 s file (random weights; the network's cost does not depend on them)."""
+    try:
+        from atfnn.checkpoint import save_model
+        from atfnn.inference import load
+    except ImportError as e:
+        return {"skipped": f"predict API not available ({e})"}
+    import soundfile as sf
+
+    fe = FrontEndConfig()
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(), N_CLASSES)
+        save_model(model, [f"c{i}" for i in range(N_CLASSES)], fe, Path(tmp) / "model")
+        wav = Path(tmp) / "three_seconds.wav"
+        sf.write(str(wav), _synthetic_speech(PREDICT_SECONDS, fe.sample_rate), fe.sample_rate)
+        start = time.perf_counter()
+        predictor = load(Path(tmp) / "model", device="cpu")
+        load_s = time.perf_counter() - start
+        times = interleaved({"predict": lambda: predictor.predict(wav)}, repeats)
+    med = statistics.median(times["predict"])
+    log(f"predict 3 s file: {med * 1000:.0f} ms (load {load_s:.2f} s)")
+    return {"file_s": PREDICT_SECONDS, "load_s": round(load_s, 3), "latency_ms": round(med * 1000, 1),
+            "seconds": [round(t, 4) for t in times["predict"]]}
+
+
+def bench_allocator(repeats: int, threads: int, current: str) -> dict:
+    """ATFNN training with the other glibc allocator setting, in a subprocess (mallopt is process-wide)."""
+    other = "default" if current == "tuned" else "tuned"
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--only", "training", "--variants", "atfnn",
+               "--repeats", str(repeats), "--threads", str(threads), "--malloc", other, "--out", tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            return {"malloc": other, "error": proc.stderr.strip()[-500:]}
+        row = json.loads((Path(tmp) / "results.json").read_text())["training"]["atfnn"]
+    log(f"allocator {other}: " + ", ".join(f"{k} {v['per_s']} seg/s" for k, v in row.items() if isinstance(v, dict)))
+    return {"malloc": other, "atfnn": row}
+
+
+_MEMORY_CHILD = r"""
+import json, resource, sys, torch
+sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
+import run as bench
+if {malloc!r} == "tuned":
+    bench.tune_malloc()
+torch.set_num_threads({threads})
+reference = bench.load_reference()
+model, ref = bench.model_pair({variant!r}, reference)
+m = model if {which!r} == "optimised" else ref
+x, y = bench.batch()
+step = bench.train_step_fn(m, x, y)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+step()
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"before_mib": before / 1024, "peak_mib": after / 1024}}))
+"""
+
+
+def bench_memory(variants: list[str], threads: int, with_reference: bool, malloc: str) -> dict:
+    """Peak resident memory of one training step (first step, Adam state included), each in a fresh process."""
+    out = {}
+    for variant in variants:
+        row = {}
+        for which in ("optimised", "reference") if with_reference else ("optimised",):
+            code = _MEMORY_CHILD.format(root=str(ROOT), bench=str(ROOT / "benchmarks"), threads=threads,
+                                        variant=variant, which=which, malloc=malloc)
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                row[which] = {"error": proc.stderr.strip()[-300:]}
+                continue
+            rss = json.loads(proc.stdout.strip().splitlines()[-1])
+            row[which] = {
+                "peak_mib": round(rss["peak_mib"], 1),
+                "step_increase_mib": round(rss["peak_mib"] - rss["before_mib"], 1),
+            }
+        out[variant] = row
+        log(f"memory {variant}: " + ", ".join(f"{k} peak {v.get('peak_mib')} MiB" for k, v in row.items()))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------- reporting
+def machine_info(threads: int) -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    for name in ("librosa", "soundfile", "soxr"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception:  # optional for the report
+            versions[name] = None
+    return {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": platform.machine(), "system": f"{platform.system()} {platform.release()}",
+        "hostname": platform.node(), "cpu_model": cpu, "logical_cpus": os.cpu_count(),
+        "torch_threads": threads, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkldnn": torch.backends.mkldnn.is_available(), "versions": versions,
+        "load_average_start": list(os.getloadavg()),
+    }
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    info = results["machine"]
+    lines = [
+        "# atfnn benchmarks", "",
+        f"- Command: `{results['command']}`",
+        f"- Date: {info['date']}; machine: {info['cpu_model']} ({info['logical_cpus']} logical CPUs, "
+        f"{info['torch_cpu_capability']}), {info['system']}",
+        f"- torch {info['versions']['torch']} ({info['torch_threads']} threads), numpy {info['versions']['numpy']}, "
+        f"librosa {info['versions']['librosa']}, Python {info['versions']['python']}",
+        f"- Load average at start / end: {', '.join(f'{v:.2f}' for v in info['load_average_start'])} / "
+        f"{', '.join(f'{v:.2f}' for v in info.get('load_average_end', []))} (other processes skew timings)",
+        f"- Timing: batch {BATCH}, {results['repeats']} timed repeat(s) after 1 warm-up, median; optimised and "
+        "reference interleaved in one process, same weights.",
+        f"- glibc allocator: {results['malloc']} (`--malloc`; tuned = keep freed memory, see benchmarks/run.py)", "",
+    ]
+
+    def table(title: str, rows: dict, unit: str) -> None:
+        lines.extend([f"## {title}", "", f"| variant | optimised ({unit}) | reference ({unit}) | speed-up |",
+                      "|---|---|---|---|"])
+        for variant, row in rows.items():
+            ref = row.get("reference", {}).get("per_s", "-")
+            lines.append(f"| {variant} | {row['optimised']['per_s']} | {ref} | {row.get('speedup', '-')} |")
+        lines.append("")
+
+    if "training" in results:
+        table("Training throughput (forward + backward + Adam step, fp32)", results["training"], "segments/s")
+    if "inference" in results:
+        table("Inference throughput (eval, inference_mode)", results["inference"], "segments/s")
+    if "allocator" in results:
+        a = results["allocator"]
+        if "atfnn" in a:
+            table(f"ATFNN training with --malloc {a['malloc']} (subprocess)", {"atfnn": a["atfnn"]}, "segments/s")
+        else:
+            lines.extend([f"## ATFNN training with --malloc {a['malloc']}", "", a.get("error", "-"), ""])
+    if "memory" in results:
+        lines.extend(["## Peak memory of a training step (ru_maxrss, fresh process)", "",
+                      "| variant | optimised peak (MiB) | reference peak (MiB) |", "|---|---|---|"])
+        for variant, row in results["memory"].items():
+            cells = [str(row.get(k, {}).get("peak_mib", "-")) for k in ("optimised", "reference")]
+            lines.append(f"| {variant} | {cells[0]} | {cells[1]} |")
+        lines.append("")
+    if "frontend" in results:
+        fe = results["frontend"]
+        lines.extend(["## Front end (seconds of audio per second)", "", "| input | atfnn | librosa |", "|---|---|---|"])
+        s = fe["synthetic_60s"]
+        lines.append(f"| 60 s synthetic | {s['atfnn']['audio_s_per_s']} | {s['librosa']['audio_s_per_s']} |")
+        c = fe.get("casia", {})
+        if "atfnn" in c:
+            lines.append(f"| CASIA, {c['files']} files ({c['audio_s']} s) | {c['atfnn']['audio_s_per_s']} "
+                         f"({c['atfnn_with_loading']['audio_s_per_s']} with loading) | {c['librosa']['audio_s_per_s']} |")
+        else:
+            lines.append(f"| CASIA | {c.get('skipped', '-')} | |")
+        lines.extend(["", f"max |atfnn - librosa| of the 60 s log-Mel: {s['max_abs_diff_log']:.2e}", ""])
+    if "predict" in results:
+        p = results["predict"]
+        text = p.get("skipped") or f"{p['latency_ms']} ms per {p['file_s']:.0f} s file (model load {p['load_s']} s)"
+        lines.extend(["## predict latency", "", text, ""])
+    if "autocast" in results:
+        lines.extend(["## Autocast (ATFNN training)", "", "| model_precision | segments/s |", "|---|---|"])
+        for key, row in results["autocast"].items():
+            lines.append(f"| {key} | {row.get('per_s', row.get('error'))} |")
+        lines.append("")
+    if "compile" in results:
+        c = results["compile"]
+        text = c.get("error") or f"first step {c['first_step_s']} s, then {c['per_s']} segments/s"
+        lines.extend(["## torch.compile (optimised ATFNN training)", "", text, ""])
+    path.write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder for the results")
+    parser.add_argument("--quick", action="store_true", help="one timed repeat, ATFNN memory only")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 3)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = cores)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated model variants")
+    parser.add_argument("--no-reference", action="store_true", help="skip the (slow) reference model")
+    parser.add_argument("--only", default="training,inference,memory,frontend,predict,allocator",
+                        help="comma-separated subset of: training, inference, memory, frontend, predict, allocator, "
+                             "autocast, compile")
+    parser.add_argument("--extra", action="store_true", help="also autocast (bf16, fp16) and torch.compile")
+    parser.add_argument("--malloc", choices=("default", "tuned"), default="default",
+                        help="glibc allocator: as is, or tuned to keep freed memory (see tune_malloc)")
+    args = parser.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; available: {', '.join(VARIANTS)}")
+    parts = {p.strip() for p in args.only.split(",") if p.strip()} | ({"autocast", "compile"} if args.extra else set())
+    known = {"training", "inference", "memory", "frontend", "predict", "allocator", "autocast", "compile"}
+    if parts - known:
+        parser.error(f"unknown --only part(s) {sorted(parts - known)}; available: {', '.join(sorted(known))}")
+    if args.malloc == "tuned" and not tune_malloc():
+        parser.error("--malloc tuned needs glibc (mallopt); this C library does not provide it")
+    repeats = args.repeats or (1 if args.quick else 3)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    with_ref = not args.no_reference
+    reference = load_reference()
+    results: dict = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else "run.main(...)",
+        "machine": machine_info(threads), "repeats": repeats, "batch": BATCH, "malloc": args.malloc,
+    }
+    log(f"{results['machine']['cpu_model']}, {threads} threads, torch {torch.__version__}, repeats {repeats}")
+    if "training" in parts:
+        results["training"] = bench_training(reference, variants, repeats, with_ref)
+    if "inference" in parts:
+        results["inference"] = bench_inference(reference, variants, repeats, with_ref)
+    if "memory" in parts:
+        results["memory"] = bench_memory(["atfnn"] if args.quick else variants, threads, with_ref, args.malloc)
+    if "allocator" in parts:
+        results["allocator"] = bench_allocator(repeats, threads, args.malloc)
+    if "frontend" in parts:
+        results["frontend"] = bench_frontend(repeats)
+    if "predict" in parts:
+        results["predict"] = bench_predict(max(repeats, 3))
+    if "autocast" in parts:
+        results["autocast"] = bench_autocast(reference, repeats)
+    if "compile" in parts:
+        results["compile"] = bench_compile(repeats)
+    results["machine"]["load_average_end"] = list(os.getloadavg())
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(results, args.out / "results.md")
+    log(f"wrote {args.out / 'results.json'} and {args.out / 'results.md'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
