@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import resource
 import statistics
 import time
 import zlib
@@ -231,6 +232,8 @@ def run_fold(
         "fold": fold.name, "seed": seed, "best_epoch": result.best_epoch, "epochs": result.epochs,
         "war": scores["war"], "uar": scores["uar"], "segment_war": scores["segment_war"], "n": len(rows),
         "seconds": round(time.perf_counter() - began, 1),
+        # The process's peak so far: with --jobs, this fold's worker; serially, the largest fold up to this one.
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     atomic_write_text(fold_dir / DONE, json.dumps(done, indent=2) + "\n")
     (fold_dir / "last.pt").unlink(missing_ok=True)

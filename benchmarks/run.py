@@ -17,7 +17,6 @@ What is measured (docs/performance.md explains each):
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime as _dt
 import importlib.util
 import json
@@ -41,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from atfnn import audio  # noqa: E402
 from atfnn.config import FrontEndConfig, ModelConfig  # noqa: E402
 from atfnn.model import VARIANTS, build_model  # noqa: E402
+from atfnn.runtime import cpu_count, tune_allocator  # noqa: E402
 
 REFERENCE_FILE = ROOT / "benchmarks" / "reference_model.py"
 SHARED_DATA = Path(os.environ.get("ATFNN_SHARED_DATA", ROOT / ".." / "shared" / "data")).resolve()
@@ -51,26 +51,6 @@ INFERENCE_BATCH = 128
 FRONTEND_SECONDS = 60.0
 CASIA_FILES = 100  # the first N files of CASIA, sorted by path, for the front-end benchmark
 PREDICT_SECONDS = 3.0
-
-
-# glibc mallopt parameters (malloc.h)
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-MALLOC_TUNING = ((M_MMAP_THRESHOLD, 1 << 30), (M_TRIM_THRESHOLD, 2**31 - 1), (M_TOP_PAD, 256 << 20))
-
-
-# ----------------------------------------------------------------------------------------------------------- setup
-def tune_malloc() -> bool:
-    """Make glibc keep freed memory for reuse (no mmap below 1 GiB, no trimming) instead of returning it.
-
-    A training step allocates ~2 GB of short-lived tensors; by default each large one is a fresh mmap whose pages
-    fault in again (about half a million page faults and 1.5 s of kernel time per step on the benchmark VM).
-    Process-wide, so it is applied before anything is measured, or not at all. False when not on glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    return all(libc.mallopt(param, value) == 1 for param, value in MALLOC_TUNING)
 
 
 def load_reference():
@@ -335,12 +315,39 @@ def bench_allocator(repeats: int, threads: int, current: str) -> dict:
     return {"malloc": other, "atfnn": row}
 
 
+def bench_parallel(repeats: int, malloc: str, single: dict | None) -> dict:
+    """ATFNN training as `atfnn train --jobs N` runs it: one process per core, 1 thread each, all at once.
+
+    Throughput is the sum over the processes; the ratio is against one process on all cores (`single`, measured
+    in this run's training benchmark).
+    """
+    jobs = cpu_count()
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--only", "training", "--variants", "atfnn",
+               "--no-reference", "--repeats", str(repeats), "--threads", "1", "--malloc", malloc]
+        procs = [subprocess.Popen(cmd + ["--out", f"{tmp}/{k}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True) for k in range(jobs)]
+        errors = [p.communicate()[1] for p in procs]
+        if any(p.returncode for p in procs):
+            return {"jobs": jobs, "error": next(e for p, e in zip(procs, errors) if p.returncode).strip()[-500:]}
+        rows = [json.loads(Path(f"{tmp}/{k}/results.json").read_text())["training"]["atfnn"]["optimised"]
+                for k in range(jobs)]
+    total = round(sum(r["per_s"] for r in rows), 2)
+    out = {"jobs": jobs, "threads_each": 1, "per_process": rows, "per_s": total}
+    if single:
+        out["single_process_per_s"] = single["per_s"]
+        out["speedup_vs_single_process"] = round(total / single["per_s"], 2)
+    log(f"parallel {jobs} x 1 thread: {total} seg/s in total" + (
+        f" (x{out['speedup_vs_single_process']} one process)" if single else ""))
+    return out
+
+
 _MEMORY_CHILD = r"""
 import json, resource, sys, torch
 sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
 import run as bench
 if {malloc!r} == "tuned":
-    bench.tune_malloc()
+    bench.tune_allocator()
 torch.set_num_threads({threads})
 reference = bench.load_reference()
 model, ref = bench.model_pair({variant!r}, reference)
@@ -415,7 +422,7 @@ def write_markdown(results: dict, path: Path) -> None:
         f"{', '.join(f'{v:.2f}' for v in info.get('load_average_end', []))} (other processes skew timings)",
         f"- Timing: batch {BATCH}, {results['repeats']} timed repeat(s) after 1 warm-up, median; optimised and "
         "reference interleaved in one process, same weights.",
-        f"- glibc allocator: {results['malloc']} (`--malloc`; tuned = keep freed memory, see benchmarks/run.py)", "",
+        f"- glibc allocator: {results['malloc']} (`--malloc`; tuned = keep freed memory, see atfnn/runtime.py)", "",
     ]
 
     def table(title: str, rows: dict, unit: str) -> None:
@@ -428,6 +435,13 @@ def write_markdown(results: dict, path: Path) -> None:
 
     if "training" in results:
         table("Training throughput (forward + backward + Adam step, fp32)", results["training"], "segments/s")
+    if "parallel" in results:
+        par = results["parallel"]
+        text = par.get("error") or (
+            f"{par['jobs']} processes x 1 thread (`atfnn train --jobs {par['jobs']}`): {par['per_s']} segments/s in "
+            f"total" + (f", x{par['speedup_vs_single_process']} one process on all cores "
+                        f"({par['single_process_per_s']} segments/s)" if "single_process_per_s" in par else ""))
+        lines.extend(["## Parallel folds (ATFNN training, optimised)", "", text, ""])
     if "inference" in results:
         table("Inference throughput (eval, inference_mode)", results["inference"], "segments/s")
     if "allocator" in results:
@@ -479,12 +493,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = cores)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated model variants")
     parser.add_argument("--no-reference", action="store_true", help="skip the (slow) reference model")
-    parser.add_argument("--only", default="training,inference,memory,frontend,predict,allocator",
-                        help="comma-separated subset of: training, inference, memory, frontend, predict, allocator, "
+    parser.add_argument("--only", default="training,parallel,inference,memory,frontend,predict,allocator",
+                        help="comma-separated subset of: training, parallel, inference, memory, frontend, predict, allocator, "
                              "autocast, compile")
     parser.add_argument("--extra", action="store_true", help="also autocast (bf16, fp16) and torch.compile")
-    parser.add_argument("--malloc", choices=("default", "tuned"), default="default",
-                        help="glibc allocator: as is, or tuned to keep freed memory (see tune_malloc)")
+    parser.add_argument("--malloc", choices=("default", "tuned"), default="tuned",
+                        help="glibc allocator: tuned (as atfnn train runs) keeps freed memory (atfnn/runtime.py), or default")
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -493,10 +507,10 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; available: {', '.join(VARIANTS)}")
     parts = {p.strip() for p in args.only.split(",") if p.strip()} | ({"autocast", "compile"} if args.extra else set())
-    known = {"training", "inference", "memory", "frontend", "predict", "allocator", "autocast", "compile"}
+    known = {"training", "parallel", "inference", "memory", "frontend", "predict", "allocator", "autocast", "compile"}
     if parts - known:
         parser.error(f"unknown --only part(s) {sorted(parts - known)}; available: {', '.join(sorted(known))}")
-    if args.malloc == "tuned" and not tune_malloc():
+    if args.malloc == "tuned" and not tune_allocator():
         parser.error("--malloc tuned needs glibc (mallopt); this C library does not provide it")
     repeats = args.repeats or (1 if args.quick else 3)
     if args.threads:
@@ -513,6 +527,9 @@ def main(argv: list[str] | None = None) -> dict:
         results["training"] = bench_training(reference, variants, repeats, with_ref)
     if "inference" in parts:
         results["inference"] = bench_inference(reference, variants, repeats, with_ref)
+    if "parallel" in parts and cpu_count() > 1:
+        single = results.get("training", {}).get("atfnn", {}).get("optimised")
+        results["parallel"] = bench_parallel(repeats, args.malloc, single)
     if "memory" in parts:
         results["memory"] = bench_memory(["atfnn"] if args.quick else variants, threads, with_ref, args.malloc)
     if "allocator" in parts:
