@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import resource
 import statistics
 import time
 import zlib
@@ -28,7 +27,7 @@ from atfnn.corpora import Utterance, load_corpus
 from atfnn.errors import ConfigError, CorpusError
 from atfnn.protocols import Fold, make_folds, select_folds, write_folds
 from atfnn.reports import atomic_write_text, finalise_run, write_predictions
-from atfnn.runtime import threads_per_job, tune_allocator
+from atfnn.runtime import peak_rss_mib, threads_per_job, tune_allocator
 from atfnn.training import SplitData, evaluate, resolve_device, train_fold
 
 DONE = "done.json"
@@ -233,7 +232,7 @@ def run_fold(
         "war": scores["war"], "uar": scores["uar"], "segment_war": scores["segment_war"], "n": len(rows),
         "seconds": round(time.perf_counter() - began, 1),
         # The process's peak so far: with --jobs, this fold's worker; serially, the largest fold up to this one.
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
     }
     atomic_write_text(fold_dir / DONE, json.dumps(done, indent=2) + "\n")
     (fold_dir / "last.pt").unlink(missing_ok=True)

@@ -4,21 +4,16 @@ Shapes: B batch, F mel bands (80), T frames (128), C channels (c = 8), G groups.
 inside the network the encodings are kept frame-major, (B, T, F, C), because the T-Encoder reads one frame per step.
 Every choice the paper leaves open is a `ModelConfig` field; docs/model.md quotes the paper beside each.
 
-Two parts are computed by an exact reformulation (same function, same parameters and state_dict as the plain
-layers; docs/performance.md has the derivations and timings, tests/test_model_parity.py checks the equivalence):
-- the F-Encoder's self-attention reads one scalar per band, so its softmax depends only on scalars
-  (`_scalar_self_attention`), instead of 80x80 attention over 4-dimensional heads;
-- the Bi-LSTM, in training on the CPU, runs as `_BiLSTMLayer` (input projections as one GEMM, a hand-written
-  backward through time) instead of oneDNN's RNN, which is an order of magnitude slower on AVX2 CPUs.
-The plain layers still run where the shortcut does not apply (ONNX export and tracing, attention dropout, CUDA
-for the LSTM, autocast for the LSTM).
+The F-Encoder is computed by an exact reformulation (same function, same parameters and state_dict as the plain
+layers; docs/performance.md has the derivation and timings, tests/test_model_parity.py checks the equivalence):
+its self-attention reads one scalar per band, so its softmax depends only on scalars (`_scalar_self_attention`)
+instead of 80x80 attention over 4-dimensional heads, and its 1x5 convolutions run on the (B, T, F, C) layout as
+channels-last 2-D convolutions, without transposed copies. The plain attention layer still runs where the shortcut
+does not apply (ONNX export and tracing, dropout on the attention weights).
 """
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +23,6 @@ from atfnn.config import ModelConfig
 from atfnn.errors import ConfigError
 
 VARIANTS = ("atfnn", "tfnn", "afnn", "atnn")
-# Per-thread thread counts (see _side_by_side) need OpenMP, the backend of PyTorch's CPU builds.
-_OPENMP = "parallel backend: OpenMP" in torch.__config__.parallel_info()
 # Which parts each network of Table III has: (F-Attention, F-Encoder, T-Attention, T-Encoder).
 PARTS = {
     "atfnn": (True, True, True, True),
@@ -172,159 +165,6 @@ class TAttention(nn.Module):
         return encoding + scale * encoding, a
 
 
-class _BiLSTMLayer(torch.autograd.Function):
-    """One bidirectional LSTM layer with nn.LSTM's equations and a zero initial state, time-major.
-
-    x (T, B, D), w_ih (8H, D) and bias (8H,) = b_ih + b_hh of both directions stacked, w_hh_f / w_hh_b (4H, H);
-    gates are ordered (i, f, o, g) so that one sigmoid covers three. Returns y (T, B, 2H) as nn.LSTM's output.
-    - The input projections of all steps are GEMMs before the loop; the loop multiplies only (B, H) x (H, 4H).
-    - The two directions run at the same time, one per thread (`_side_by_side`): the per-step operations are
-      too small to share between threads, but the directions are independent.
-    - The forward loop also stores each step's local derivatives (cheap while the step is in cache), so the
-      backward loop is a few products per step, and all weight gradients are GEMMs after it.
-    - Buffers are allocated per layer, not per step (a fresh tensor per step costs page faults), and laid out
-      (direction, T, B, .) so that every per-step slice is contiguous.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, w_ih: Tensor, bias: Tensor, w_hh_f: Tensor, w_hh_b: Tensor) -> Tensor:
-        t, b, d = x.shape
-        hid = w_hh_f.shape[1]
-        rows = x.reshape(t * b, d)
-        gates_in = x.new_empty(2, t, b, 4 * hid)  # input projection + biases, per direction
-        for k in range(2):
-            torch.addmm(bias[k * 4 * hid : (k + 1) * 4 * hid], rows, w_ih[k * 4 * hid : (k + 1) * 4 * hid].t(),
-                        out=gates_in[k].view(t * b, 4 * hid))
-        y = x.new_empty(t, b, 2 * hid)
-        forget = x.new_empty(2, t, b, hid)  # forget gate per direction and step
-        coef = x.new_empty(2, t, b, 4 * hid)  # d gates = [dc, dc, dh, dc] * coef, see _lstm_direction
-        dh_dc = x.new_empty(2, t, b, hid)  # d h / d c within a step
-        _side_by_side(*(
-            (lambda k=k, w=w: _lstm_direction(gates_in[k], w, y[..., k * hid : (k + 1) * hid], forget[k], coef[k],
-                                              dh_dc[k], reverse=k == 1))
-            for k, w in enumerate((w_hh_f, w_hh_b))
-        ))
-        ctx.save_for_backward(x, w_ih, w_hh_f, w_hh_b, y, forget, coef, dh_dc)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy: Tensor):
-        x, w_ih, w_hh_f, w_hh_b, y, forget, coef, dh_dc = ctx.saved_tensors
-        t, b, d = x.shape
-        hid = w_hh_f.shape[1]
-        dgates = x.new_empty(2, t, b, 4 * hid)  # d loss / d (pre-activation gates), per direction
-        _side_by_side(*(
-            (lambda k=k, w=w: _lstm_direction_backward(dy[..., k * hid : (k + 1) * hid], w, forget[k], coef[k],
-                                                       dh_dc[k], dgates[k], reverse=k == 1))
-            for k, w in enumerate((w_hh_f, w_hh_b))
-        ))
-        # h_prev of step s is y[s - 1] forward and y[s + 1] backward, zero at each direction's first step.
-        dw_hh_f = dgates[0, 1:].reshape(-1, 4 * hid).t() @ y[:-1, :, :hid].reshape(-1, hid)
-        dw_hh_b = dgates[1, :-1].reshape(-1, 4 * hid).t() @ y[1:, :, hid:].reshape(-1, hid)
-        flat = dgates.view(2, t * b, 4 * hid)
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.addmm(flat[0] @ w_ih[: 4 * hid], flat[1], w_ih[4 * hid :]).view(t, b, d)
-        rows = x.reshape(t * b, d)
-        dw_ih = torch.cat([flat[0].t() @ rows, flat[1].t() @ rows])
-        return dx, dw_ih, flat.sum(1).view(-1), dw_hh_f, dw_hh_b
-
-
-_worker: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked child needs its own thread
-
-
-def _side_by_side(first: Callable[[], None], second: Callable[[], None]) -> None:
-    """Run two independent jobs at the same time, each with half of torch's threads (sequentially with one).
-
-    Per-thread thread counts are an OpenMP property: torch.set_num_threads sets the calling thread's OpenMP and MKL
-    counts, so the worker and this thread each run their operations on their own core.
-    """
-    global _worker
-    threads = torch.get_num_threads()
-    if threads < 2 or not _OPENMP:
-        first()
-        second()
-        return
-    if _worker is None or _worker[0] != os.getpid():
-        _worker = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="atfnn-lstm"))
-    half = threads // 2
-    future = _worker[1].submit(_with_threads, half, torch.is_grad_enabled(), second)
-    try:
-        torch.set_num_threads(threads - half)
-        first()
-    finally:
-        future.result()  # joins (and re-raises) before the count is restored
-        torch.set_num_threads(threads)
-
-
-def _with_threads(threads: int, grad: bool, job: Callable[[], None]) -> None:
-    torch.set_num_threads(threads)
-    with torch.set_grad_enabled(grad):  # grad mode is per thread: the caller's (off inside autograd.Function)
-        job()
-
-
-def _lstm_direction(
-    gates_in: Tensor, w_hh: Tensor, y: Tensor, forget: Tensor, coef: Tensor, dh_dc: Tensor, reverse: bool
-) -> None:
-    """Run one direction over gates_in (T, B, 4H), writing h into y (T, B, H) and, per time step: the forget
-    gate, coef = [g σ'(i), c_prev σ'(f), tanh(c) σ'(o), i tanh'(g)] and dh_dc = o tanh'(c)."""
-    t, b, hid = dh_dc.shape
-    w_t = w_hh.t()
-    gates, act = gates_in.new_empty(b, 4 * hid), gates_in.new_empty(b, 4 * hid)
-    cell, cell_prev, tanh_c = (gates_in.new_empty(b, hid) for _ in range(3))
-    ones = gates_in.new_ones(b, hid)
-    i, f, o, g = act.split(hid, dim=1)
-    prev = None
-    for s in range(t - 1, -1, -1) if reverse else range(t):
-        pre = gates_in[s] if prev is None else torch.addmm(gates_in[s], y[prev], w_t, out=gates)
-        torch.sigmoid(pre[:, : 3 * hid], out=act[:, : 3 * hid])
-        torch.tanh(pre[:, 3 * hid :], out=g)
-        if prev is None:
-            torch.mul(i, g, out=cell)
-        else:
-            torch.mul(f, cell_prev, out=cell).addcmul_(i, g)
-        torch.tanh(cell, out=tanh_c)
-        torch.mul(o, tanh_c, out=y[s])
-        forget[s].copy_(f)
-        cs = coef[s]
-        torch.addcmul(act[:, : 3 * hid], act[:, : 3 * hid], act[:, : 3 * hid], value=-1, out=cs[:, : 3 * hid])  # σ'
-        cs[:, :hid].mul_(g)
-        if prev is None:
-            cs[:, hid : 2 * hid].zero_()  # c before the first step is zero
-        else:
-            cs[:, hid : 2 * hid].mul_(cell_prev)
-        cs[:, 2 * hid : 3 * hid].mul_(tanh_c)
-        torch.addcmul(ones, g, g, value=-1, out=cs[:, 3 * hid :]).mul_(i)
-        torch.addcmul(ones, tanh_c, tanh_c, value=-1, out=dh_dc[s]).mul_(o)
-        cell, cell_prev = cell_prev, cell
-        prev = s
-
-
-def _lstm_direction_backward(
-    dy: Tensor, w_hh: Tensor, forget: Tensor, coef: Tensor, dh_dc: Tensor, dgates: Tensor, reverse: bool
-) -> None:
-    """Backpropagate one direction through time: dy (T, B, H) -> dgates (T, B, 4H)."""
-    t, b, hid = dh_dc.shape
-    dh, dc = dy.new_empty(b, hid), dy.new_empty(b, hid)
-    steps = range(t) if reverse else range(t - 1, -1, -1)  # the forward loop's order, backwards
-    last = steps[-1]
-    for s in steps:
-        if s == steps[0]:
-            dh.copy_(dy[s])
-            torch.mul(dh, dh_dc[s], out=dc)
-        else:
-            dc.addcmul_(dh, dh_dc[s])
-        dg, cs = dgates[s], coef[s]
-        torch.mul(dc, cs[:, :hid], out=dg[:, :hid])
-        torch.mul(dc, cs[:, hid : 2 * hid], out=dg[:, hid : 2 * hid])
-        torch.mul(dh, cs[:, 2 * hid : 3 * hid], out=dg[:, 2 * hid : 3 * hid])
-        torch.mul(dc, cs[:, 3 * hid :], out=dg[:, 3 * hid :])
-        if s != last:
-            dc.mul_(forget[s])
-            torch.addmm(dy[s + 1 if reverse else s - 1], dg, w_hh, out=dh)
-
-
 class TEncoder(nn.Module):
     """3-layer Bi-LSTM over frames; h = [last forward state, last backward state]. (B, T, D) -> (B, 2*hidden)."""
 
@@ -333,42 +173,8 @@ class TEncoder(nn.Module):
         self.lstm = nn.LSTM(input_size, hidden, layers, batch_first=True, bidirectional=True, dropout=dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._use_fused(x):
-            # Under CPU autocast the fused layers run in float32 (their buffers have one dtype); the CPUs this
-            # targets have no bf16 arithmetic, where the plain layer's bf16 path is slower still.
-            with torch.autocast("cpu", enabled=False):
-                xt = x.transpose(0, 1).contiguous()
-                y = self._fused_lstm(xt if x.dtype == torch.float64 else xt.float())  # (T, B, 2H)
-            hid = self.lstm.hidden_size
-            return torch.cat([y[-1, :, :hid], y[0, :, hid:]], dim=1)
         _, (h_n, _) = self.lstm(x)  # h_n (layers * 2, B, hidden); the last two are the top layer's directions
         return torch.cat([h_n[-2], h_n[-1]], dim=1)
-
-    def _use_fused(self, x: Tensor) -> bool:
-        # oneDNN's RNN is fast without autograd and cuDNN on GPUs; its training path on CPUs is the slow one.
-        return (
-            x.device.type == "cpu"
-            and x.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-            and self.lstm.weight_ih_l0.dtype in (torch.float32, torch.float64)
-            and torch.is_grad_enabled()
-            and not _exporting()
-        )
-
-    def _fused_lstm(self, x: Tensor) -> Tensor:
-        """nn.LSTM's output, time-major: (T, B, D) -> (T, B, 2H), same parameters, one _BiLSTMLayer per layer."""
-        lstm, h = self.lstm, x
-        hid = lstm.hidden_size
-        # nn.LSTM's gate rows are (i, f, g, o); _BiLSTMLayer wants (i, f, o, g).
-        order = torch.arange(4 * hid, device=x.device).view(4, hid)[[0, 1, 3, 2]].flatten()
-        for layer in range(lstm.num_layers):
-            if layer > 0 and lstm.dropout > 0 and self.training:
-                h = F.dropout(h, lstm.dropout, training=True)  # as nn.LSTM: between layers, not after the last
-            fwd = [getattr(lstm, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            bwd = [getattr(lstm, f"{name}_l{layer}_reverse") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            w_ih = torch.cat([fwd[0][order], bwd[0][order]])
-            bias = torch.cat([(fwd[2] + fwd[3])[order], (bwd[2] + bwd[3])[order]])
-            h = _BiLSTMLayer.apply(h, w_ih, bias, fwd[1][order], bwd[1][order])
-        return h
 
 
 class ATFNN(nn.Module):

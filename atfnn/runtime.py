@@ -50,3 +50,20 @@ def threads_per_job(jobs: int, threads: int = 0) -> int:
     if threads > 0:
         return threads
     return max(1, cpu_count() // max(1, jobs))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB.
+
+    VmHWM (Linux) belongs to the process's own address space; ru_maxrss would be wrong in a worker, because Linux
+    carries it over from the parent across fork and exec.
+    """
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

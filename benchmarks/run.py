@@ -10,7 +10,7 @@ What is measured (docs/performance.md explains each):
   median of the timed repeats after a warm-up step, the two models interleaved in one process;
 - inference throughput (segments/s, eval mode, inference_mode);
 - front end: seconds of audio per second, `atfnn.audio.log_mel_spectrogram` vs librosa with the same parameters;
-- peak memory (ru_maxrss) of one training step, each model in a fresh subprocess;
+- peak memory (VmHWM) of one training step, each model in a fresh subprocess;
 - predict latency of a 3 s file (when `atfnn.inference.load` exists);
 - with --extra: bf16 and fp16 autocast training steps, and torch.compile (compile time and steady state).
 """
@@ -22,7 +22,6 @@ import importlib.util
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -343,9 +342,10 @@ def bench_parallel(repeats: int, malloc: str, single: dict | None) -> dict:
 
 
 _MEMORY_CHILD = r"""
-import json, resource, sys, torch
+import json, sys, torch
 sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
 import run as bench
+from atfnn.runtime import peak_rss_mib
 if {malloc!r} == "tuned":
     bench.tune_allocator()
 torch.set_num_threads({threads})
@@ -354,10 +354,9 @@ model, ref = bench.model_pair({variant!r}, reference)
 m = model if {which!r} == "optimised" else ref
 x, y = bench.batch()
 step = bench.train_step_fn(m, x, y)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_rss_mib()
 step()
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"before_mib": before / 1024, "peak_mib": after / 1024}}))
+print(json.dumps({{"before_mib": before, "peak_mib": peak_rss_mib()}}))
 """
 
 
@@ -451,7 +450,7 @@ def write_markdown(results: dict, path: Path) -> None:
         else:
             lines.extend([f"## ATFNN training with --malloc {a['malloc']}", "", a.get("error", "-"), ""])
     if "memory" in results:
-        lines.extend(["## Peak memory of a training step (ru_maxrss, fresh process)", "",
+        lines.extend(["## Peak memory of a training step (VmHWM, fresh process)", "",
                       "| variant | optimised peak (MiB) | reference peak (MiB) |", "|---|---|---|"])
         for variant, row in results["memory"].items():
             cells = [str(row.get(k, {}).get("peak_mib", "-")) for k in ("optimised", "reference")]

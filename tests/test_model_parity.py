@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from atfnn.config import ModelConfig
-from atfnn.model import VARIANTS, TEncoder, build_model
+from atfnn.model import VARIANTS, build_model
 
 REFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "reference_model.py"
 B, N_CLASSES = 3, 6
@@ -161,44 +161,3 @@ def test_attention_dropout_falls_back_to_the_plain_layer(reference):
     torch.testing.assert_close(out, ref(x), rtol=RTOL, atol=ATOL)  # same random mask only on the same path
     model.eval(), ref.eval()
     torch.testing.assert_close(model(x), ref(x), rtol=RTOL, atol=ATOL)  # no dropout in eval: shortcut again
-
-
-def test_fused_lstm_matches_nn_lstm_with_inter_layer_dropout_off_and_grad_of_input():
-    torch.manual_seed(0)
-    te = TEncoder(12, hidden=7, layers=2)
-    x = torch.randn(4, 9, 12, dtype=torch.float64, requires_grad=True)
-    te = te.double()
-    h = te(x)
-    _, (h_n, _) = te.lstm(x)
-    expected = torch.cat([h_n[-2], h_n[-1]], dim=1)
-    torch.testing.assert_close(h, expected, rtol=0, atol=1e-12)
-    probe = torch.randn_like(h)
-    got = torch.autograd.grad(h, [x, *te.parameters()], probe)
-    want = torch.autograd.grad(expected, [x, *te.parameters()], probe)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
-
-
-def test_lstm_dropout_is_applied_between_layers_in_training():
-    """lstm_dropout > 0: training runs differ from eval (dropout is active), eval equals nn.LSTM."""
-    torch.manual_seed(0)
-    te = TEncoder(6, hidden=5, layers=3, dropout=0.5).double()
-    x = torch.randn(2, 7, 6, dtype=torch.float64, requires_grad=True)
-    te.eval()
-    _, (h_n, _) = te.lstm(x)
-    torch.testing.assert_close(te(x), torch.cat([h_n[-2], h_n[-1]], dim=1), rtol=0, atol=1e-12)
-    te.train()
-    assert not torch.allclose(te(x), torch.cat([h_n[-2], h_n[-1]], dim=1))
-
-
-def test_two_threads_run_the_directions_side_by_side_with_the_same_result(reference):
-    """With >= 2 torch threads the LSTM directions run in two threads; results equal the sequential run."""
-    cfg = ModelConfig(variant="atnn", lstm_layers=2, lstm_hidden=16)
-    model, ref = _pair(reference, cfg, torch.float64)
-    x = _inputs(cfg, torch.float64, log_mel=True)
-    torch.set_num_threads(2)
-    two = _run(model, x)
-    assert torch.get_num_threads() == 2, "the thread count must be restored after the side-by-side run"
-    torch.set_num_threads(1)
-    _assert_same(two, _run(model, x), 0.0, 1e-12, 0.0)
-    _assert_same(two, _run(ref, x), 0.0, TOL64, 0.0)
