@@ -27,7 +27,7 @@ from atfnn.corpora import Utterance, load_corpus
 from atfnn.errors import ConfigError, CorpusError
 from atfnn.protocols import Fold, make_folds, select_folds, write_folds
 from atfnn.reports import atomic_write_text, finalise_run, write_predictions
-from atfnn.runtime import peak_rss_mib, threads_per_job, tune_allocator
+from atfnn.runtime import die_with_parent, peak_rss_mib, threads_per_job, tune_allocator
 from atfnn.training import SplitData, evaluate, resolve_device, train_fold
 
 DONE = "done.json"
@@ -187,6 +187,7 @@ def _run_parallel(
 
 def _fold_job(config_dict: dict, out: str, fold_name: str, seed: int, threads: int) -> dict:
     """One fold in a worker process: the corpus comes from the feature cache the parent has filled."""
+    die_with_parent()
     tune_allocator()
     torch.set_num_threads(threads)
     config = from_dict(config_dict)

@@ -67,3 +67,17 @@ def peak_rss_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def die_with_parent() -> None:
+    """Ask Linux to end this (worker) process when its parent dies, so that a killed `atfnn train --jobs N` leaves
+    no orphan training a fold that the next run resumes too. A no-op elsewhere."""
+    import signal
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent died before the call above
+        os._exit(1)
