@@ -172,6 +172,29 @@ def bench_inference(reference, variants: list[str], repeats: int, with_reference
     return out
 
 
+def bench_tencoder(repeats: int) -> dict:
+    """The T-Encoder alone (ATFNN's BiLSTM, 640 inputs), forward + backward, at 1 thread and at all threads: the part
+    of the step that the optimised and the reference model share, and the bound it sets (docs/performance.md)."""
+    from atfnn.model import TEncoder
+
+    cfg = ModelConfig()
+    torch.manual_seed(0)
+    encoder = TEncoder(cfg.n_mels * cfg.channels, cfg.lstm_hidden, cfg.lstm_layers)
+    x = torch.randn(BATCH, cfg.frames, cfg.n_mels * cfg.channels, requires_grad=True)
+
+    def step() -> None:
+        encoder(x).sum().backward()
+
+    threads = torch.get_num_threads()
+    out = {}
+    for n in sorted({1, threads}):
+        torch.set_num_threads(n)
+        out[f"threads_{n}"] = summary(interleaved({"t": step}, repeats)["t"], BATCH)
+        log(f"T-Encoder forward + backward, {n} thread(s): {out[f'threads_{n}']['per_s']} seg/s")
+    torch.set_num_threads(threads)
+    return out
+
+
 def bench_autocast(reference, repeats: int) -> dict:
     """bf16 / fp16 autocast training steps of ATFNN against fp32 (this CPU may lack native bf16/fp16 arithmetic)."""
     x, y = batch()
@@ -448,6 +471,11 @@ def write_markdown(results: dict, path: Path) -> None:
             f"total" + (f", x{par['speedup_vs_single_process']} one process on all cores "
                         f"({par['single_process_per_s']} segments/s)" if "single_process_per_s" in par else ""))
         lines.extend(["## Parallel folds (ATFNN training, optimised)", "", text, ""])
+    if "tencoder" in results:
+        lines.extend(["## T-Encoder alone (BiLSTM 640 -> 2 x 128, 3 layers; forward + backward)", "",
+                      "| threads | segments/s |", "|---|---|"])
+        lines += [f"| {k.split('_')[1]} | {v['per_s']} |" for k, v in results["tencoder"].items()]
+        lines.append("")
     if "inference" in results:
         table("Inference throughput (eval, inference_mode)", results["inference"], "segments/s")
     if "allocator" in results:
@@ -499,8 +527,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = cores)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated model variants")
     parser.add_argument("--no-reference", action="store_true", help="skip the (slow) reference model")
-    parser.add_argument("--only", default="training,parallel,inference,memory,frontend,predict,allocator",
-                        help="comma-separated subset of: training, parallel, inference, memory, frontend, predict, allocator, "
+    parser.add_argument("--only", default="training,parallel,tencoder,inference,memory,frontend,predict,allocator",
+                        help="comma-separated subset of: training, parallel, tencoder, inference, memory, frontend, predict, allocator, "
                              "autocast, compile")
     parser.add_argument("--extra", action="store_true", help="also autocast (bf16, fp16) and torch.compile")
     parser.add_argument("--malloc", choices=("default", "tuned"), default="tuned",
@@ -513,7 +541,7 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; available: {', '.join(VARIANTS)}")
     parts = {p.strip() for p in args.only.split(",") if p.strip()} | ({"autocast", "compile"} if args.extra else set())
-    known = {"training", "parallel", "inference", "memory", "frontend", "predict", "allocator", "autocast", "compile"}
+    known = {"training", "parallel", "tencoder", "inference", "memory", "frontend", "predict", "allocator", "autocast", "compile"}
     if parts - known:
         parser.error(f"unknown --only part(s) {sorted(parts - known)}; available: {', '.join(sorted(known))}")
     if args.malloc == "tuned" and not tune_allocator():
@@ -544,6 +572,8 @@ def main(argv: list[str] | None = None) -> dict:
         results["frontend"] = bench_frontend(repeats)
     if "predict" in parts:
         results["predict"] = bench_predict(max(repeats, 3))
+    if "tencoder" in parts:
+        results["tencoder"] = bench_tencoder(repeats)
     if "autocast" in parts:
         results["autocast"] = bench_autocast(reference, repeats)
     if "compile" in parts:
