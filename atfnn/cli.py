@@ -31,6 +31,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from atfnn.config import load_config
     from atfnn.corpora.synthetic import SyntheticSpec, generate
     from atfnn.experiment import run_experiment
+    from atfnn.runtime import cpu_count
 
     out = Path(args.out)
     began = time.perf_counter()
@@ -38,7 +39,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"Generating the synthetic corpus in {corpus_root} ...", flush=True)
     generate(corpus_root, SyntheticSpec(seed=args.seed))
     config = load_config(DEMO_CONFIG, [f"corpus.root={corpus_root}", f"cache_dir={out.parent / '.cache'}", *(args.set or [])])
-    results = run_experiment(config, out, progress=not args.no_progress)
+    jobs = args.jobs if args.jobs is not None else cpu_count()
+    results = run_experiment(config, out, progress=not args.no_progress, jobs=jobs)
     print()
     print((out / "report.md").read_text())
     print(f"Chance level is {100 / len(results['labels']):.1f}%. Wall time {time.perf_counter() - began:.0f} s. "
@@ -171,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic corpus")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--jobs", type=int, help="folds trained at once (default: one per core)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 
