@@ -143,7 +143,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from atfnn.explain import explain_corpus_main, explain_main
 
     if args.corpus:
-        return explain_corpus_main(args.model, args.corpus, args.out, limit_per_class=args.limit_per_class)
+        return explain_corpus_main(
+            args.model, args.corpus, args.out, limit_per_class=args.limit_per_class, speakers=_split(args.speaker)
+        )
     if not args.audio:
         raise ATFNNError("atfnn explain needs an AUDIO file, or --corpus CONFIG for per-emotion profiles")
     return explain_main(args.model, args.audio, args.out)
@@ -231,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", metavar="CONFIG", help="average F-Attention per emotion over this config's corpus")
     p.add_argument("--out", required=True, help="PNG file (one audio) or directory (--corpus)")
     p.add_argument("--limit-per-class", type=int, help="with --corpus: at most N utterances per emotion")
+    p.add_argument("--speaker", action="append", help="with --corpus: only these speakers (a fold's test speaker)")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("export", help="export the network to ONNX")

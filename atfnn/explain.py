@@ -238,11 +238,12 @@ def plot_profiles(profile: CorpusProfile, title: str = "Mean F-Attention per mel
 
 def explain_corpus(
     model: str | Path | Predictor, config_path: str | Path, out_dir: str | Path, limit_per_class: int | None = None,
-    progress: bool = True,
+    progress: bool = True, speakers: Sequence[str] | None = None,
 ) -> CorpusProfile:
     """Profiles of the corpus of an experiment YAML: writes profiles.json, ratios.json and profiles.png to out_dir.
 
-    The model's own front end is used, not the YAML's (the YAML only names the corpus).
+    The model's own front end is used, not the YAML's (the YAML only names the corpus). `speakers` keeps only those
+    speakers' utterances: a cross-validation fold's model is profiled on its own test speaker.
     """
     from atfnn.corpora import load_corpus
 
@@ -250,7 +251,13 @@ def explain_corpus(
     _require_f_attention(predictor)  # before reading the corpus, which can take a while
     cfg = load_config(config_path)
     report = load_corpus(cfg.corpus.name, cfg.corpus.root, **cfg.corpus.options)
-    utterances = select_per_class(report.utterances, limit_per_class)
+    pool = report.utterances
+    if speakers:
+        pool = [u for u in pool if u.speaker in set(speakers)]
+        if not pool:
+            known = sorted({u.speaker for u in report.utterances})
+            raise ATFNNError(f"{config_path}: no utterance of speaker(s) {list(speakers)}; the corpus has {known}")
+    utterances = select_per_class(pool, limit_per_class)
     profile = f_attention_profiles(predictor, utterances, progress)
     profile.skipped = [*report.skipped, *profile.skipped]
     if not profile.profiles:
@@ -273,10 +280,14 @@ def _ratio_summary(profile: CorpusProfile) -> dict:
     return summary
 
 
-def explain_corpus_main(model: str, config_path: str, out_dir: str, limit_per_class: int | None = None) -> int:
-    """`atfnn explain MODEL --corpus CONFIG --out OUT_DIR [--limit-per-class N]`: prints the ratios; 0 ok, 2 on error."""
+def explain_corpus_main(
+    model: str, config_path: str, out_dir: str, limit_per_class: int | None = None,
+    speakers: Sequence[str] | None = None,
+) -> int:
+    """`atfnn explain MODEL --corpus CONFIG --out OUT_DIR [--limit-per-class N] [--speaker S]`: prints the ratios;
+    0 ok, 2 on error."""
     try:
-        profile = explain_corpus(model, config_path, out_dir, limit_per_class)
+        profile = explain_corpus(model, config_path, out_dir, limit_per_class, speakers=speakers)
     except (ATFNNError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

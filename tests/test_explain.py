@@ -165,6 +165,12 @@ def test_explain_corpus_writes_profiles_and_ratios(models, tmp_path, capsys):
     printed = capsys.readouterr()
     assert "happy > sad:" in printed.out and "silent.wav" in printed.err  # the empty file is reported, not fatal
 
+    one = tmp_path / "one"
+    assert explain_corpus_main(str(models["atfnn"]), str(config), str(one), speakers=["s1"]) == 0
+    assert json.loads((one / "ratios.json").read_text())["counts"] == {"happy": 1, "sad": 1}  # i = 1 only
+    assert explain_corpus_main(str(models["atfnn"]), str(config), str(one), speakers=["nobody"]) == 2
+    assert "no utterance of speaker(s) ['nobody']" in capsys.readouterr().err
+
 
 def test_explain_corpus_needs_f_attention(models, tmp_path, capsys):
     config = tmp_path / "exp.yaml"
