@@ -116,6 +116,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         config = load_run_config(args.run)
         finalise_run(args.run, run_labels(args.run), config.to_dict(), title=Path(args.run).name)
     print((Path(args.run) / "report.md").read_text())
+    if args.export:
+        from atfnn.reports import export_run
+
+        copied = export_run(args.run, args.export)
+        print(f"exported {len(copied)} files to {args.export}")
     return 0
 
 
@@ -208,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="recompute results.json, report.md and confusion.png of a run")
     p.add_argument("run")
+    p.add_argument("--export", metavar="DIR", help="also copy the run's small files (no weights) to DIR, e.g. results/")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("baseline", help="openSMILE functionals + linear SVM on the same folds")

@@ -231,3 +231,33 @@ def compare(run_dirs: Sequence[str | Path]) -> str:
             f"{fmt(r['uar'], r['uar_std_seeds'])} | {paper[0]} | {paper[1]} |"
         )
     return "\n".join(lines) + "\n"
+
+
+# The small, text-like files of a run: enough to recompute every number and to resume it (finished folds are skipped
+# by their done.json); no weights and no resume checkpoints.
+EXPORT_PATTERNS = (
+    "config.yaml", "run.json", "results.json", "report.md", "confusion.png", "folds/**/*",
+    "seed-*/*/done.json", "seed-*/*/log.csv", "seed-*/*/predictions.csv", "seed-*/*/model/model.json",
+)
+
+
+def export_run(run_dir: str | Path, dest: str | Path) -> list[Path]:
+    """Copy a run's small files (EXPORT_PATTERNS) to dest, keeping the layout; returns the copied paths.
+
+    For keeping results in the repository: `atfnn train ... --out dest-copy` resumes from such a copy (unfinished
+    folds start again, as their checkpoints are not copied).
+    """
+    import shutil
+
+    run_dir, dest = Path(run_dir), Path(dest)
+    if not (run_dir / "run.json").is_file():
+        raise ATFNNError(f"{run_dir}: not a run directory (no run.json)")
+    copied = []
+    for pattern in EXPORT_PATTERNS:
+        for path in sorted(run_dir.glob(pattern)):
+            if path.is_file():
+                target = dest / path.relative_to(run_dir)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+                copied.append(target)
+    return copied

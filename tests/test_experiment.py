@@ -161,6 +161,26 @@ def test_jobs_must_be_positive(corpus, tmp_path):
         run_experiment(tiny_config(corpus, tmp_path / "cache"), tmp_path / "run", progress=False, jobs=0)
 
 
+def test_exported_run_has_no_weights_and_resumes_without_training(corpus, tiny_run, tmp_path):
+    from atfnn.reports import export_run
+
+    run_dir, reference = tiny_run
+    copy = tmp_path / "results" / "tiny"
+    copied = export_run(run_dir, copy)
+    names = {p.name for p in copied}
+    assert {"results.json", "run.json", "config.yaml", "done.json", "predictions.csv", "folds.json"} <= names
+    assert not any(p.suffix in (".safetensors", ".pt") for p in copy.rglob("*")), "no weights, no checkpoints"
+    import atfnn.experiment as experiment
+
+    real_train = experiment.train_fold
+    experiment.train_fold = lambda *a, **k: pytest.fail("a finished fold was trained again")
+    try:
+        resumed = run_experiment(tiny_config(corpus, tmp_path / "cache"), copy, progress=False, log=lambda m: None)
+    finally:
+        experiment.train_fold = real_train
+    assert resumed["uar"] == pytest.approx(reference["uar"]) and resumed["n"] == reference["n"]
+
+
 def test_changed_config_is_refused(corpus, tmp_path):
     out = tmp_path / "run"
     check_run_dir(out, tiny_config(corpus, tmp_path / "cache"))
