@@ -87,6 +87,9 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0 = off
     spec_augment: bool = False  # not in the paper; option for "beyond the paper" runs
     aggregate: str = "mean"  # segment posteriors -> utterance: mean | vote | max
+    # Analysis only: also score the test speaker after every epoch into log.csv (test_war, test_uar), to see what a
+    # protocol that picks the epoch on the test speaker would report. Never used for selection or early stopping.
+    monitor_test: bool = False
 
 
 @dataclass

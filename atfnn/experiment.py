@@ -95,10 +95,13 @@ def check_run_dir(out: Path, config: ExperimentConfig) -> None:
     run_file = out / "run.json"
     fingerprint = config.fingerprint()
     if run_file.is_file():
-        previous = json.loads(run_file.read_text())
-        if previous.get("fingerprint") != fingerprint:
+        # Compare with the saved config read back through today's dataclasses, so that a field added to atfnn
+        # since the run began (at its default) does not lock the run out; run.json's hash is kept as a record.
+        saved = out / "config.yaml"
+        previous = load_run_config(out).fingerprint() if saved.is_file() else json.loads(run_file.read_text()).get("fingerprint")
+        if previous != fingerprint:
             raise ConfigError(
-                f"{out} holds a run of another configuration (fingerprint {previous.get('fingerprint')} != {fingerprint}); "
+                f"{out} holds a run of another configuration (fingerprint {previous} != {fingerprint}); "
                 f"compare {out / 'config.yaml'} with yours, or choose a new --out directory"
             )
         return
@@ -215,7 +218,8 @@ def run_fold(
     validation = split_data(corpus, fold.validation, device) if fold.validation else None
     test = split_data(corpus, fold.test, device)
     result = train_fold(
-        config.model, config.train, corpus.labels, train, validation, fold_dir, fold_seed, device, progress=progress
+        config.model, config.train, corpus.labels, train, validation, fold_dir, fold_seed, device, progress=progress,
+        monitor=test if config.train.monitor_test else None,
     )
     scores = evaluate(result.model, test, corpus.labels, device, config.train.precision, config.train.aggregate)
     by_uid = {u.uid: u for u in corpus.utterances}

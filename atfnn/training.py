@@ -30,7 +30,7 @@ from atfnn.model import ATFNN, build_model
 
 CHECKPOINT = "last.pt"
 LOG = "log.csv"
-LOG_FIELDS = ("epoch", "train_loss", "val_loss", "val_war", "val_uar", "seconds")
+LOG_FIELDS = ("epoch", "train_loss", "val_loss", "val_war", "val_uar", "seconds", "test_war", "test_uar")
 EVAL_BATCH = 256
 
 
@@ -152,9 +152,11 @@ def train_fold(
     device: torch.device,
     epochs: int | None = None,
     progress: bool = True,
+    monitor: SplitData | None = None,
 ) -> FoldResult:
     """Train one fold, resuming from fold_dir/last.pt if present. Without validation, train `epochs` epochs
-    and keep the last weights (used for the final model on all speakers)."""
+    and keep the last weights (used for the final model on all speakers). `monitor` (the test split, with
+    train.monitor_test) is scored after each epoch into the log only: it never takes part in selection."""
     fold_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     model = build_model(model_cfg, len(labels)).to(device)
@@ -187,6 +189,11 @@ def train_fold(
         else:
             best_epoch, best_state = epoch + 1, None
         row["seconds"] = round(time.perf_counter() - began, 3)
+        if monitor is not None:
+            # After the timing, so log.csv's seconds stay comparable with unmonitored runs; eval mode draws no
+            # random numbers, so training is the same with or without monitoring.
+            watched = evaluate(model, monitor, labels, device, train_cfg.precision, train_cfg.aggregate)
+            row.update(test_war=watched["war"], test_uar=watched["uar"])
         history.append(row)
         _write_log(fold_dir / LOG, history)
         _save_checkpoint(

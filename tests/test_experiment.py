@@ -191,6 +191,41 @@ def test_changed_config_is_refused(corpus, tmp_path):
         run_experiment(tiny_config(corpus, tmp_path / "cache", "model.variant=tfnn"), out, progress=False)
 
 
+def test_run_begun_before_a_new_config_field_still_resumes(corpus, tmp_path):
+    """A field added to atfnn later (here monitor_test, at its default) must not lock out a run begun before it."""
+    import yaml
+
+    out = tmp_path / "run"
+    config = tiny_config(corpus, tmp_path / "cache")
+    check_run_dir(out, config)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["train"]["monitor_test"]
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    (out / "run.json").write_text(json.dumps({"fingerprint": "0123456789abcdef"}))  # the older hash
+    check_run_dir(out, config)
+    with pytest.raises(ConfigError, match="another configuration"):
+        check_run_dir(out, tiny_config(corpus, tmp_path / "cache", "train.monitor_test=true"))
+
+
+def test_monitored_test_curve_is_logged_but_changes_nothing(corpus, tiny_run, tmp_path):
+    reference_dir, reference = tiny_run
+    out = tmp_path / "monitored"
+    results = run_experiment(
+        tiny_config(corpus, tmp_path / "cache", "train.monitor_test=true"), out, progress=False, log=lambda m: None
+    )
+    assert results["uar"] == pytest.approx(reference["uar"])
+    for fold in (f["test"] for f in reference["folds"]):
+        ours, theirs = (read_rows(d / "seed-0" / fold / "log.csv") for d in (out, reference_dir))
+        assert [r["train_loss"] for r in ours] == [r["train_loss"] for r in theirs], "same training"
+        assert [r["val_uar"] for r in ours] == [r["val_uar"] for r in theirs], "same selection"
+        assert all(r["test_uar"] == "" for r in theirs)
+        test_uar = [float(r["test_uar"]) for r in ours]
+        assert len(test_uar) == 2 and all(0 <= v <= 100 for v in test_uar)
+        done = json.loads((out / "seed-0" / fold / "done.json").read_text())
+        # The weights kept are the best epoch's, so their test score is that epoch's monitored one.
+        assert test_uar[done["best_epoch"] - 1] == pytest.approx(done["uar"])
+
+
 def test_cli_train_with_fold_subset_overrides_and_seeds(corpus, tmp_path):
     out = tmp_path / "cli"
     config = tmp_path / "exp.yaml"
