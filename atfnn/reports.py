@@ -78,6 +78,23 @@ def run_labels(run_dir: str | Path) -> list[str]:
     return sorted({label for fold in folds for split in fold["labels"].values() for label in split})
 
 
+def curve_stats(log_path: Path, best_epoch: int | None) -> dict[str, Any]:
+    """From a fold's log.csv: the validation UAR of the kept epoch and, for monitored runs (train.monitor_test), the
+    test speaker's UAR at the last epoch and at its best epoch, i.e. what selecting on the test speaker would report."""
+    if not log_path.is_file():
+        return {}
+    with open(log_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    stats: dict[str, Any] = {}
+    if best_epoch and 0 < best_epoch <= len(rows) and rows[best_epoch - 1].get("val_uar"):
+        stats["val_uar"] = float(rows[best_epoch - 1]["val_uar"])
+    test = [float(r["test_uar"]) for r in rows if r.get("test_uar")]
+    if test and len(test) == len(rows):
+        peak = int(np.argmax(test))
+        stats.update(test_uar_last=test[-1], test_uar_max=test[peak], test_uar_max_epoch=peak + 1)
+    return stats
+
+
 def summarise_run(run_dir: str | Path, labels: Sequence[str], config: dict[str, Any]) -> dict[str, Any]:
     """results.json's content. Headline war/uar: pooled over all test utterances of a seed, then averaged over seeds."""
     run_dir = Path(run_dir)
@@ -99,6 +116,7 @@ def summarise_run(run_dir: str | Path, labels: Sequence[str], config: dict[str, 
         confusion += np.asarray(summary["confusion"], dtype=np.int64)
         for fold in summary["folds"]:
             extra = {k: v for k, v in fold_info[(seed, fold["test"])].items() if k in ("best_epoch", "epochs", "seconds")}
+            extra |= curve_stats(run_dir / f"seed-{seed}" / fold["test"] / "log.csv", extra.get("best_epoch"))
             folds.append({"seed": int(seed), **fold, **extra})
     wars = np.array([s["war"] for s in seeds])
     uars = np.array([s["uar"] for s in seeds])
@@ -176,6 +194,7 @@ def render_report(results: dict[str, Any], title: str) -> str:
         lines.append(
             f"| {f['seed']} | {f['test']} | {f['n']} | {f['war']:.2f} | {f['uar']:.2f} | {f.get('best_epoch', '')} |"
         )
+    lines += _curves_section(results["folds"])
     cm = np.asarray(results["confusion"])
     norm = row_normalise(cm)
     lines += ["", "## Confusion matrix (rows: true, columns: predicted; % of the row, counts in brackets)", ""]
@@ -185,6 +204,35 @@ def render_report(results: dict[str, Any], title: str) -> str:
         cells = [f"{100 * norm[i, j]:.1f} ({cm[i, j]})" for j in range(len(labels))]
         lines.append(f"| **{label}** | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _curves_section(folds: Sequence[dict[str, Any]]) -> list[str]:
+    """Validation (training speakers) against test speaker; with a monitored test curve, the selected epoch against
+    the epoch a test-speaker selection would pick (analysis only: the headline numbers never use it)."""
+    if not folds or not all("val_uar" in f for f in folds):
+        return []
+    monitored = all("test_uar_max" in f for f in folds)
+    lines = ["", "## Validation and test", ""]
+    if monitored:
+        lines += [
+            "| Seed | Test | Val UAR at kept epoch | Test UAR at kept epoch | Test UAR, last epoch | Best test UAR (epoch) |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {f['seed']} | {f['test']} | {f['val_uar']:.2f} | {f['uar']:.2f} | {f['test_uar_last']:.2f} | "
+            f"{f['test_uar_max']:.2f} ({f['test_uar_max_epoch']}) |" for f in folds
+        ]
+        mean = lambda key: float(np.mean([f[key] for f in folds]))  # noqa: E731
+        lines.append(
+            f"| mean | | {mean('val_uar'):.2f} | {mean('uar'):.2f} | {mean('test_uar_last'):.2f} | {mean('test_uar_max'):.2f} |"
+        )
+        lines += ["", "The last column picks each fold's epoch on its test speaker: an optimistic figure, for comparison "
+                  "with protocols that do so, never a result of this run."]
+    else:
+        lines += ["| Seed | Test | Val UAR at kept epoch | Test UAR |", "|---|---|---|---|"]
+        lines += [f"| {f['seed']} | {f['test']} | {f['val_uar']:.2f} | {f['uar']:.2f} |" for f in folds]
+        lines.append(f"| mean | | {np.mean([f['val_uar'] for f in folds]):.2f} | {np.mean([f['uar'] for f in folds]):.2f} |")
+    return lines
 
 
 def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: Path, title: str = "") -> None:

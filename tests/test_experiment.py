@@ -224,6 +224,13 @@ def test_monitored_test_curve_is_logged_but_changes_nothing(corpus, tiny_run, tm
         done = json.loads((out / "seed-0" / fold / "done.json").read_text())
         # The weights kept are the best epoch's, so their test score is that epoch's monitored one.
         assert test_uar[done["best_epoch"] - 1] == pytest.approx(done["uar"])
+        row = next(f for f in results["folds"] if f["test"] == fold)
+        assert row["test_uar_max"] == pytest.approx(max(test_uar)) and row["test_uar_last"] == pytest.approx(test_uar[-1])
+        assert row["test_uar_max_epoch"] == test_uar.index(max(test_uar)) + 1
+        assert row["val_uar"] == pytest.approx(float(read_rows(out / "seed-0" / fold / "log.csv")[done["best_epoch"] - 1]["val_uar"]))
+    report = (out / "report.md").read_text()
+    assert "Best test UAR (epoch)" in report and "never a result of this run" in report
+    assert "Best test UAR" not in (reference_dir / "report.md").read_text(), "unmonitored runs have no such column"
 
 
 def test_cli_train_with_fold_subset_overrides_and_seeds(corpus, tmp_path):
