@@ -107,10 +107,16 @@ def summarise_run(run_dir: str | Path, labels: Sequence[str], config: dict[str, 
         fold_info[(seed, folder.name)] = json.loads((folder / "done.json").read_text())
     if not by_seed:
         raise ATFNNError(f"{run_dir}: no finished fold (no seed-*/<fold>/done.json); run `atfnn train` first")
+    # A seed still training has fewer finished folds than the others: its pooled figure would be one of a few
+    # speakers, so it is left out of the headline (and listed) until every fold of it is done.
+    all_folds = {name for per_fold in by_seed.values() for name, _, _ in per_fold}
+    partial = sorted(int(seed) for seed, per_fold in by_seed.items() if {name for name, _, _ in per_fold} != all_folds)
     seeds = []
     folds = []
     confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
     for seed, per_fold in sorted(by_seed.items(), key=lambda kv: int(kv[0])):
+        if int(seed) in partial:
+            continue
         summary = summarise(per_fold, labels)
         seeds.append({"seed": int(seed), "war": summary["war"], "uar": summary["uar"]})
         confusion += np.asarray(summary["confusion"], dtype=np.int64)
@@ -135,6 +141,7 @@ def summarise_run(run_dir: str | Path, labels: Sequence[str], config: dict[str, 
         "*_fold_*: over folds and seeds; percent; std with ddof=0",
         "n": int(confusion.sum()),
         "seeds": seeds,
+        "partial_seeds": partial,
         "folds": folds,
         "confusion": confusion.tolist(),
         "labels": list(labels),
@@ -181,7 +188,9 @@ def render_report(results: dict[str, Any], title: str) -> str:
     lines += [
         "",
         f"WAR/UAR pooled over the {results['n']} test utterances of each seed, "
-        + ("mean ± std over seeds." if n_seeds > 1 else "one seed."),
+        + ("mean ± std over seeds." if n_seeds > 1 else "one seed.")
+        + (f" Seed(s) {', '.join(map(str, results['partial_seeds']))} still training, left out until all their folds"
+           " are done." if results.get("partial_seeds") else ""),
         f"Mean over folds: WAR {results['war_fold_mean']:.2f} ± {results['war_fold_std']:.2f}, "
         f"UAR {results['uar_fold_mean']:.2f} ± {results['uar_fold_std']:.2f}.",
         "",
@@ -263,10 +272,13 @@ def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: Path, title: str
 
 
 def compare(run_dirs: Sequence[str | Path]) -> str:
-    """One Markdown table of several runs (Table III layout): method, corpus, WAR, UAR, seeds, paper's figures."""
+    """One Markdown table of several runs (Table III layout): method, corpus, WAR, UAR, seeds, paper's figures.
+    Each entry is a run directory or a results.json file (results/ keeps some runs as that file alone)."""
     lines = ["| Run | Corpus | Method | Protocol | Seeds | WAR (%) | UAR (%) | Paper WAR | Paper UAR |", "|---" * 9 + "|"]
     for run_dir in run_dirs:
-        path = Path(run_dir) / "results.json"
+        given = Path(run_dir)
+        path = given if given.is_file() and given.suffix == ".json" else given / "results.json"
+        name = given.stem if path is given else given.name
         if not path.is_file():
             raise ATFNNError(f"{run_dir}: no results.json; finish the run (or rerun `atfnn train`) first")
         r = json.loads(path.read_text())
@@ -275,7 +287,7 @@ def compare(run_dirs: Sequence[str | Path]) -> str:
         n = len(r["seeds"])
         fmt = (lambda m, s: f"{m:.2f} ± {s:.2f}") if n > 1 else (lambda m, s: f"{m:.2f}")
         lines.append(
-            f"| {Path(run_dir).name} | {corpus} | {method} | {protocol} | {n} | {fmt(r['war'], r['war_std_seeds'])} | "
+            f"| {name} | {corpus} | {method} | {protocol} | {n} | {fmt(r['war'], r['war_std_seeds'])} | "
             f"{fmt(r['uar'], r['uar_std_seeds'])} | {paper[0]} | {paper[1]} |"
         )
     return "\n".join(lines) + "\n"

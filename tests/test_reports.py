@@ -1,0 +1,59 @@
+"""Run summaries from prediction files: pooled figures, seeds still training, compare over dirs and result files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from atfnn.reports import compare, finalise_run, write_predictions
+
+LABELS = ["angry", "sad"]
+
+
+def fake_fold(run: Path, seed: int, fold: str, pairs: list[tuple[str, str]]) -> None:
+    """A finished fold: predictions (label, pred) and its done.json."""
+    d = run / f"seed-{seed}" / fold
+    rows = [
+        {"uid": f"{fold}/{i}", "speaker": fold, "label": t, "pred": p, "probs": [1.0 if p == "angry" else 0.0, 1.0 if p == "sad" else 0.0]}
+        for i, (t, p) in enumerate(pairs)
+    ]
+    write_predictions(d / "predictions.csv", rows, LABELS)
+    (d / "done.json").write_text(json.dumps({"fold": fold, "seed": seed, "best_epoch": 1, "epochs": 1}))
+
+
+@pytest.fixture
+def run(tmp_path) -> Path:
+    run = tmp_path / "run"
+    # seed 0: fold a 2/2 right, fold b 1 of 2 right (angry->sad once): pooled WAR 75, UAR (100 + 50) / 2 = 75
+    fake_fold(run, 0, "a", [("angry", "angry"), ("sad", "sad")])
+    fake_fold(run, 0, "b", [("angry", "sad"), ("sad", "sad")])
+    # seed 1 has only fold a so far (all wrong): it must not count yet
+    fake_fold(run, 1, "a", [("angry", "sad"), ("sad", "angry")])
+    return run
+
+
+def test_a_seed_still_training_is_left_out_of_the_headline(run):
+    config = {"corpus": {"name": "casia"}, "model": {"variant": "atfnn"}}
+    results = finalise_run(run, LABELS, config)
+    assert results["partial_seeds"] == [1]
+    assert [s["seed"] for s in results["seeds"]] == [0]
+    assert results["war"] == pytest.approx(75.0) and results["uar"] == pytest.approx(75.0)
+    assert results["confusion"] == [[1, 1], [0, 2]]
+    assert "Seed(s) 1 still training" in (run / "report.md").read_text()
+    fake_fold(run, 1, "b", [("angry", "angry"), ("sad", "sad")])
+    results = finalise_run(run, LABELS, config)
+    assert results["partial_seeds"] == [] and len(results["seeds"]) == 2
+    assert results["seeds"][1]["war"] == pytest.approx(50.0)  # seed 1: 2 of 4 right
+    assert results["war"] == pytest.approx(62.5)
+
+
+def test_compare_takes_run_dirs_and_results_files(run, tmp_path):
+    finalise_run(run, LABELS, {"corpus": {"name": "casia"}, "model": {"variant": "atfnn"}})
+    kept = tmp_path / "casia-egemaps.json"
+    kept.write_text((run / "results.json").read_text().replace('"variant": "atfnn"', '"variant": "svm"'))
+    table = compare([run, kept]).splitlines()
+    assert table[2].startswith("| run | casia | atfnn | loso | 1 | 75.00 | 75.00 | 48.75 | 48.75 |")
+    assert table[3].startswith("| casia-egemaps | casia | svm |")
+    with pytest.raises(Exception, match="no results.json"):
+        compare([tmp_path / "missing"])
