@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Issue 8's runs, in the order they were run on the 2-core development machine (docs/results.md). Every command
+# resumes: rerun this script after an interruption and finished folds are skipped. After each run its small files
+# (no weights) are exported to results/<run>/, which is what the repository keeps.
+#
+#   scripts/reproduce.sh                 # everything below, in order
+#   scripts/reproduce.sh casia-atnn      # one run by name
+#
+# JOBS (default 2) folds train at once. Runs marked "monitored" also log the test speaker's UAR per epoch
+# (train.monitor_test, analysis only: selection never sees it, training is unchanged).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ATFNN=${ATFNN:-.venv/bin/atfnn}
+JOBS=${JOBS:-2}
+MONITOR="--set train.monitor_test=true"
+
+declare -A CMD=(
+  [casia-atfnn]="configs/casia_atfnn.yaml --seeds 3"
+  [casia-atnn]="configs/casia_atnn.yaml $MONITOR"
+  [casia-afnn]="configs/casia_afnn.yaml $MONITOR"
+  [casia-atfnn-spknorm]="configs/casia_atfnn_spknorm.yaml $MONITOR"
+  [casia-tfnn]="configs/casia_tfnn.yaml $MONITOR"
+  [emodb-atfnn]="configs/emodb_atfnn.yaml $MONITOR"
+)
+ORDER=(casia-atfnn casia-atnn casia-afnn casia-atfnn-spknorm casia-tfnn emodb-atfnn)
+
+for run in "${@:-${ORDER[@]}}"; do
+  [[ -n "${CMD[$run]:-}" ]] || { echo "unknown run $run; one of: ${ORDER[*]}" >&2; exit 2; }
+  echo "== $run: $(date -u +%FT%TZ)"
+  # shellcheck disable=SC2086
+  $ATFNN train ${CMD[$run]} --out "runs/$run" --jobs "$JOBS" --no-progress
+  $ATFNN report "runs/$run" --export "results/$run" > /dev/null
+  echo "== $run done: $(date -u +%FT%TZ)"
+done
