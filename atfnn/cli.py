@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_corpus)
 
     p = sub.add_parser("compare", help="one table of several runs (Table III layout)")
-    p.add_argument("runs", nargs="+")
+    p.add_argument("runs", nargs="+", help="run directories or results.json files")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="recompute results.json, report.md and confusion.png of a run")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from atfnn.errors import ATFNNError
 from atfnn.reports import compare, finalise_run, write_predictions
 
 LABELS = ["angry", "sad"]
@@ -55,5 +56,5 @@ def test_compare_takes_run_dirs_and_results_files(run, tmp_path):
     table = compare([run, kept]).splitlines()
     assert table[2].startswith("| run | casia | atfnn | loso | 1 | 75.00 | 75.00 | 48.75 | 48.75 |")
     assert table[3].startswith("| casia-egemaps | casia | svm |")
-    with pytest.raises(Exception, match="no results.json"):
+    with pytest.raises(ATFNNError, match="no results.json"):
         compare([tmp_path / "missing"])
