@@ -281,3 +281,40 @@ def load_run_config(run_dir: str | Path) -> ExperimentConfig:
     import yaml
 
     return from_dict(yaml.safe_load((Path(run_dir) / "config.yaml").read_text()))
+
+
+def rescore_run(
+    run_dir: str | Path, aggregate: str | None = None, segment_hop: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[int, dict]:
+    """Re-evaluate a run's saved fold models on their test speakers with another inference-time choice.
+
+    Only the utterance decision (`aggregate`) and the test segmenting (`segment_hop`) may change; the models, their
+    kept epochs and the folds stay those of the run, so this measures an inference choice without retraining and
+    without any new model selection. Returns {seed: metrics.summarise(...)} over the seed's finished folds.
+    """
+    from atfnn.checkpoint import load_model
+    from atfnn.metrics import summarise
+    from atfnn.protocols import read_folds
+
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    if aggregate is not None:
+        config.train.aggregate = aggregate
+    if segment_hop is not None:
+        config.frontend.segment_hop = segment_hop
+    corpus = prepare_corpus(config, progress=False, log=log)
+    folds = {fold.name: fold for fold in read_folds(run_dir)}
+    device = torch.device("cpu")
+    by_seed: dict[int, list] = {}
+    for fold_dir in sorted(run_dir.glob(f"seed-*/*/{DONE}")):
+        fold_dir = fold_dir.parent
+        seed, fold = int(fold_dir.parent.name.removeprefix("seed-")), folds[fold_dir.name]
+        model, card = load_model(fold_dir / "model", device)
+        if card.labels != corpus.labels:
+            raise ConfigError(f"{fold_dir}: model labels {card.labels} differ from the corpus's {corpus.labels}")
+        scores = evaluate(model, split_data(corpus, fold.test), corpus.labels, device, "fp32", config.train.aggregate)
+        by_seed.setdefault(seed, []).append((fold.name, scores["y_true"], scores["y_pred"]))
+    if not by_seed:
+        raise ConfigError(f"{run_dir}: no finished fold (seed-*/<fold>/{DONE}) to rescore")
+    return {seed: summarise(per_fold, corpus.labels) for seed, per_fold in sorted(by_seed.items())}

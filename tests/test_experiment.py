@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from atfnn.cli import main
 from atfnn.config import load_config
 from atfnn.corpora.synthetic import SyntheticSpec, generate
 from atfnn.errors import ConfigError
-from atfnn.experiment import check_run_dir, final_epochs, run_experiment
+from atfnn.experiment import check_run_dir, final_epochs, rescore_run, run_experiment
 from atfnn.metrics import uar, war
 
 TINY = [
@@ -74,6 +75,24 @@ def test_tiny_experiment_writes_every_artefact_and_agrees_with_predictions(tiny_
     assert saved["config"]["model"]["lstm_hidden"] == 8
     assert "| synthetic | Leave-one-speaker-out (3 folds) | ATFNN" in (out / "report.md").read_text()
     assert final_epochs(out) in (1, 2)
+
+
+def test_rescoring_with_the_runs_own_choices_reproduces_its_results(tiny_run, tmp_path):
+    out, results = tiny_run
+    again = rescore_run(out, log=lambda message: None)
+    assert list(again) == [0]
+    assert again[0]["uar"] == pytest.approx(results["uar"]) and again[0]["war"] == pytest.approx(results["war"])
+    by_fold = {f["test"]: f["uar"] for f in results["folds"]}
+    assert {f["test"]: f["uar"] for f in again[0]["folds"]} == pytest.approx(by_fold)
+    # Another hop cuts the test utterances differently but still scores every one of them, on its own speaker.
+    other = rescore_run(out, aggregate="vote", segment_hop=32, log=lambda message: None)[0]
+    assert sum(map(sum, other["confusion"])) == results["n"]
+    assert sorted(f["test"] for f in other["folds"]) == sorted(by_fold)
+    with pytest.raises(ConfigError, match="no finished fold"):
+        empty = tmp_path / "empty"
+        shutil.copytree(out / "folds", empty / "folds")
+        shutil.copy(out / "config.yaml", empty / "config.yaml")
+        rescore_run(empty, log=lambda message: None)
 
 
 def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(corpus, tiny_run, tmp_path):
