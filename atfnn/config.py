@@ -86,6 +86,9 @@ class TrainConfig:
     threads: int = 0  # 0 = torch default
     grad_clip: float = 0.0  # 0 = off
     spec_augment: bool = False  # not in the paper; option for "beyond the paper" runs
+    # Not in the paper: VTLP-style warp of the mel axis by a random factor in [1 - freq_warp, 1 + freq_warp] per
+    # training segment (0 = off), so the network sees the training speakers with other voice heights.
+    freq_warp: float = 0.0
     aggregate: str = "mean"  # segment posteriors -> utterance: mean | vote | max
     # Analysis only: also score the test speaker after every epoch into log.csv (test_war, test_uar), to see what a
     # protocol that picks the epoch on the test speaker would report. Never used for selection or early stopping.
@@ -272,6 +275,8 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(f"model.channels={m.channels} is not divisible by model.heads={m.heads}")
     if fe.segment_hop < 1 or fe.segment_hop > fe.segment_frames:
         raise ConfigError(f"frontend.segment_hop={fe.segment_hop} must be in 1..{fe.segment_frames}")
+    if not 0.0 <= config.train.freq_warp < 0.5:
+        raise ConfigError(f"train.freq_warp={config.train.freq_warp} must be in [0, 0.5) (0 = off; 0.1 = ±10 %)")
     if not 0.0 < config.protocol.val_fraction < 1.0:
         raise ConfigError(f"protocol.val_fraction={config.protocol.val_fraction} must be in (0, 1)")
 

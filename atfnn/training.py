@@ -104,6 +104,28 @@ def spec_augment(x: Tensor, generator: torch.Generator, max_bands: int = 8, max_
     return torch.where(band_mask | frame_mask, fill, x)
 
 
+def warp_bands(x: Tensor, alpha: Tensor) -> Tensor:
+    """Stretch the band axis of each segment by its factor: band i of the output reads band i / alpha of the input.
+
+    x (B, F, T), alpha (B,). alpha > 1 moves energy to higher bands (a shorter vocal tract, a higher voice), as in
+    vocal tract length perturbation; bands read from beyond the top repeat the top band. Linear interpolation.
+    """
+    b, f, t = x.shape
+    src = (torch.arange(f, device=x.device, dtype=x.dtype).unsqueeze(0) / alpha.to(x).unsqueeze(1)).clamp(max=f - 1)
+    lo = src.floor().long()
+    hi = (lo + 1).clamp(max=f - 1)
+    w = (src - lo).unsqueeze(2)  # (B, F, 1)
+    x_lo = x.gather(1, lo.unsqueeze(2).expand(b, f, t))
+    x_hi = x.gather(1, hi.unsqueeze(2).expand(b, f, t))
+    return x_lo + w * (x_hi - x_lo)
+
+
+def freq_warp(x: Tensor, generator: torch.Generator, max_warp: float) -> Tensor:
+    """VTLP-style augmentation: each segment's band axis stretched by a factor drawn from [1 - max_warp, 1 + max_warp]."""
+    alpha = 1.0 + (torch.rand(x.shape[0], generator=generator) * 2.0 - 1.0) * max_warp
+    return warp_bands(x, alpha.to(x.device))
+
+
 @torch.inference_mode()
 def predict_segments(model: ATFNN, x: Tensor, device: torch.device, precision: str = "fp32") -> np.ndarray:
     """Softmax posteriors (N, n_classes) of segments, in batches."""
@@ -223,6 +245,8 @@ def _train_epoch(
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{max_epochs}", leave=False, disable=not progress, unit="batch")
     for idx in bar:
         x, y = data.x[idx].to(device, non_blocking=True), data.y[idx].to(device, non_blocking=True)
+        if cfg.freq_warp > 0:
+            x = freq_warp(x, generator, cfg.freq_warp)
         if cfg.spec_augment:
             x = spec_augment(x, generator)
         with autocast(device, cfg.precision):

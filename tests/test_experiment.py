@@ -252,6 +252,33 @@ def test_monitored_test_curve_is_logged_but_changes_nothing(corpus, tiny_run, tm
     assert "Best test UAR" not in (reference_dir / "report.md").read_text(), "unmonitored runs have no such column"
 
 
+def test_augmented_run_trains_on_changed_segments_and_evaluates_on_clean_ones(corpus, tiny_run, tmp_path, monkeypatch):
+    """freq_warp and spec_augment touch training batches only: validation and test see the segments as cached."""
+    reference_dir, reference = tiny_run
+    seen = {"train": 0, "eval": 0}
+    real_warp, real_predict = training.freq_warp, training.predict_segments
+
+    def counting_warp(x, generator, max_warp):
+        seen["train"] += 1
+        return real_warp(x, generator, max_warp)
+
+    def checking_predict(model, x, *args, **kwargs):
+        assert x.dtype.is_floating_point
+        seen["eval"] += 1
+        return real_predict(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(training, "freq_warp", counting_warp)
+    monkeypatch.setattr(training, "predict_segments", checking_predict)
+    out = tmp_path / "augmented"
+    config = tiny_config(corpus, tmp_path / "cache", "train.freq_warp=0.1", "train.spec_augment=true")
+    results = run_experiment(config, out, progress=False, log=lambda m: None)
+    assert seen["train"] > 0 and seen["eval"] > 0
+    assert 0 <= results["uar"] <= 100
+    fold = reference["folds"][0]["test"]
+    ours, theirs = (read_rows(d / "seed-0" / fold / "log.csv") for d in (out, reference_dir))
+    assert ours[0]["train_loss"] != theirs[0]["train_loss"], "augmentation changes what the network is trained on"
+
+
 def test_cli_train_with_fold_subset_overrides_and_seeds(corpus, tmp_path):
     out = tmp_path / "cli"
     config = tmp_path / "exp.yaml"
