@@ -78,6 +78,12 @@ def run_labels(run_dir: str | Path) -> list[str]:
     return sorted({label for fold in folds for split in fold["labels"].values() for label in split})
 
 
+def expected_folds(run_dir: Path) -> set[str]:
+    """The fold names a run was split into (folds/folds.json); empty when the run has no such file."""
+    path = Path(run_dir) / "folds" / "folds.json"
+    return {fold["name"] for fold in json.loads(path.read_text())["folds"]} if path.is_file() else set()
+
+
 def curve_stats(log_path: Path, best_epoch: int | None) -> dict[str, Any]:
     """From a fold's log.csv: the validation UAR of the kept epoch and, for monitored runs (train.monitor_test), the
     test speaker's UAR at the last epoch and at its best epoch, i.e. what selecting on the test speaker would report."""
@@ -108,9 +114,14 @@ def summarise_run(run_dir: str | Path, labels: Sequence[str], config: dict[str, 
     if not by_seed:
         raise ATFNNError(f"{run_dir}: no finished fold (no seed-*/<fold>/done.json); run `atfnn train` first")
     # A seed still training has fewer finished folds than the others: its pooled figure would be one of a few
-    # speakers, so it is left out of the headline (and listed) until every fold of it is done.
-    all_folds = {name for per_fold in by_seed.values() for name, _, _ in per_fold}
+    # speakers, so it is left out of the headline (and listed) until every fold of it is done. The folds a run
+    # should have come from folds/folds.json where it exists, so a run whose every seed is still training is
+    # reported over its finished folds but flagged incomplete, never as if those folds were all of them.
+    all_folds = {name for per_fold in by_seed.values() for name, _, _ in per_fold} | expected_folds(run_dir)
     partial = sorted(int(seed) for seed, per_fold in by_seed.items() if {name for name, _, _ in per_fold} != all_folds)
+    complete = len(partial) < len(by_seed)
+    if not complete:
+        partial = []
     seeds = []
     folds = []
     confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
@@ -142,6 +153,8 @@ def summarise_run(run_dir: str | Path, labels: Sequence[str], config: dict[str, 
         "n": int(confusion.sum()),
         "seeds": seeds,
         "partial_seeds": partial,
+        "complete": complete,
+        "folds_expected": len(all_folds),
         "folds": folds,
         "confusion": confusion.tolist(),
         "labels": list(labels),
@@ -173,12 +186,24 @@ def render_report(results: dict[str, Any], title: str) -> str:
     protocol_name = {"loso": "Leave-one-speaker-out", "loso_session": "Leave-one-session-out"}[protocol]
     n_seeds = len(results["seeds"])
     pm = (lambda m, s: f"{m:.2f} ± {s:.2f}") if n_seeds > 1 else (lambda m, s: f"{m:.2f}")
+    n_done = len({f["test"] for f in results["folds"]})
+    n_expected = results.get("folds_expected", n_done)
+    complete = results.get("complete", True)
+    folds_text = f"{n_done} folds" if complete else f"{n_done} of {n_expected} folds, provisional"
     lines = [
         f"# {title}",
         "",
+    ]
+    if not complete:
+        lines += [
+            f"**Incomplete run: {n_done} of its {n_expected} folds are finished.** The figures below are over those "
+            "folds only; rerun `atfnn train` with the same arguments to finish it, then `atfnn report`.",
+            "",
+        ]
+    lines += [
         f"| Database | Protocol | Method | WAR (%) | UAR (%) |",
         "|---|---|---|---|---|",
-        f"| {corpus} | {protocol_name} ({len({f['test'] for f in results['folds']})} folds) | {method.upper()} (ours, "
+        f"| {corpus} | {protocol_name} ({folds_text}) | {method.upper()} (ours, "
         f"{n_seeds} seed{'s' if n_seeds > 1 else ''}) | {pm(results['war'], results['war_std_seeds'])} | "
         f"{pm(results['uar'], results['uar_std_seeds'])} |",
     ]
@@ -286,6 +311,8 @@ def compare(run_dirs: Sequence[str | Path]) -> str:
         paper = PAPER.get((corpus, method), ("", ""))
         n = len(r["seeds"])
         fmt = (lambda m, s: f"{m:.2f} ± {s:.2f}") if n > 1 else (lambda m, s: f"{m:.2f}")
+        if not r.get("complete", True):
+            name += f" (incomplete: {len({f['test'] for f in r['folds']})} of {r['folds_expected']} folds)"
         lines.append(
             f"| {name} | {corpus} | {method} | {protocol} | {n} | {fmt(r['war'], r['war_std_seeds'])} | "
             f"{fmt(r['uar'], r['uar_std_seeds'])} | {paper[0]} | {paper[1]} |"

@@ -49,6 +49,23 @@ def test_a_seed_still_training_is_left_out_of_the_headline(run):
     assert results["war"] == pytest.approx(62.5)
 
 
+def test_a_run_with_unfinished_folds_is_flagged_incomplete(tmp_path):
+    run = tmp_path / "run"
+    (run / "folds").mkdir(parents=True)
+    (run / "folds" / "folds.json").write_text(json.dumps({"folds": [{"name": n, "labels": {}} for n in "abc"]}))
+    fake_fold(run, 0, "a", [("angry", "angry"), ("sad", "sad")])
+    fake_fold(run, 0, "b", [("angry", "sad"), ("sad", "sad")])
+    results = finalise_run(run, LABELS, {"corpus": {"name": "casia"}, "model": {"variant": "atfnn"}})
+    assert results["complete"] is False and results["folds_expected"] == 3
+    assert results["war"] == pytest.approx(75.0)  # over the two finished folds, flagged rather than hidden
+    report = (run / "report.md").read_text()
+    assert "Incomplete run: 2 of its 3 folds" in report and "(2 of 3 folds, provisional)" in report
+    assert "| run (incomplete: 2 of 3 folds) |" in compare([run])
+    fake_fold(run, 0, "c", [("sad", "sad")])
+    results = finalise_run(run, LABELS, {"corpus": {"name": "casia"}, "model": {"variant": "atfnn"}})
+    assert results["complete"] is True and "Incomplete" not in (run / "report.md").read_text()
+
+
 def test_compare_takes_run_dirs_and_results_files(run, tmp_path):
     finalise_run(run, LABELS, {"corpus": {"name": "casia"}, "model": {"variant": "atfnn"}})
     kept = tmp_path / "casia-egemaps.json"
