@@ -21,6 +21,7 @@ from atfnn.metrics import row_normalise, summarise
 from atfnn.errors import ATFNNError
 
 PREDICTION_FIELDS = ("uid", "speaker", "label", "pred")
+FOLDS_SUMMARY = Path("folds") / "folds.json"  # written by atfnn.protocols.write_folds
 # Figures quoted from the paper (Tables II and III), shown beside ours in reports.
 PAPER = {
     ("casia", "atfnn"): (48.75, 48.75), ("casia", "tfnn"): (46.67, 46.67),
@@ -71,17 +72,21 @@ def fold_dirs(run_dir: Path) -> list[Path]:
 
 def run_labels(run_dir: str | Path) -> list[str]:
     """The class names of a run: every label of its folds (folds/folds.json), sorted as the runner sorts them."""
-    path = Path(run_dir) / "folds" / "folds.json"
-    if not path.is_file():
+    if not (Path(run_dir) / FOLDS_SUMMARY).is_file():
         raise ATFNNError(f"{run_dir}: no folds/folds.json; is this a run directory?")
-    folds = json.loads(path.read_text())["folds"]
+    folds = _read_folds(run_dir)
     return sorted({label for fold in folds for split in fold["labels"].values() for label in split})
 
 
-def expected_folds(run_dir: Path) -> set[str]:
+def _read_folds(run_dir: str | Path) -> list[dict]:
+    """The fold entries of folds/folds.json; empty when the run has no such file."""
+    path = Path(run_dir) / FOLDS_SUMMARY
+    return json.loads(path.read_text())["folds"] if path.is_file() else []
+
+
+def expected_folds(run_dir: str | Path) -> set[str]:
     """The fold names a run was split into (folds/folds.json); empty when the run has no such file."""
-    path = Path(run_dir) / "folds" / "folds.json"
-    return {fold["name"] for fold in json.loads(path.read_text())["folds"]} if path.is_file() else set()
+    return {fold["name"] for fold in _read_folds(run_dir)}
 
 
 def curve_stats(log_path: Path, best_epoch: int | None) -> dict[str, Any]:
