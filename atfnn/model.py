@@ -115,11 +115,16 @@ class FEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, f, t = x.shape
-        tokens = x.transpose(1, 2).reshape(b * t, f)  # one sequence of F scalars per frame
-        h = self.embed(tokens.unsqueeze(-1))  # (B*T, F, C)
-        attended = self._attend(tokens, h)
-        h = self.norm1(h + self.dropout(attended))
-        h = self.norm2(h + self.dropout(self._convolve(h.view(b, t, f, -1)).reshape(b * t, f, -1)))
+        # Under bf16 autocast only the convolutions run in bf16: the attention over scalars is a softmax of
+        # products of raw log-Mel values (bf16 keeps 8 bits of them), and on CPUs the attention kernel and the
+        # LayerNorms run slower in bf16 than in fp32 (docs/performance.md).
+        with torch.autocast(x.device.type, enabled=False):
+            tokens = x.to(self.embed.weight.dtype).transpose(1, 2).reshape(b * t, f)  # F scalars per frame
+            h = self.embed(tokens.unsqueeze(-1))  # (B*T, F, C)
+            h = self.norm1(h + self.dropout(self._attend(tokens, h)))
+        y = self._convolve(h.view(b, t, f, -1)).reshape(b * t, f, -1)
+        with torch.autocast(x.device.type, enabled=False):
+            h = self.norm2(h + self.dropout(y.to(h.dtype)))
         return h.view(b, t, f, -1)  # (B, T, F, C)
 
     def _attend(self, tokens: Tensor, h: Tensor) -> Tensor:

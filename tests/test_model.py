@@ -145,3 +145,26 @@ def test_softmax_attention_sums_to_one_over_groups():
     fa = FAttention(1, 5, activation="softmax")
     w = fa.weights(torch.randn(B, F, T))
     assert torch.allclose(w.sum(dim=1), torch.ones(B, T), atol=1e-5)
+
+
+def test_bf16_autocast_runs_the_scalar_attention_in_fp32_and_stays_close_to_fp32(monkeypatch):
+    import atfnn.model as model_module
+
+    real_sdpa = model_module.F.scaled_dot_product_attention
+    autocast_seen = []
+
+    def spy(*args, **kwargs):
+        autocast_seen.append(torch.is_autocast_enabled("cpu"))
+        return real_sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(), 4).eval()
+    x = torch.randn(2, 80, 128) * 3 - 6
+    with torch.no_grad():
+        full = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model(x)
+    assert autocast_seen == [False, False], "the attention over raw log-Mel products must not run in bf16"
+    assert mixed.dtype == torch.bfloat16  # the rest (convolutions, Bi-LSTM, classifier) does
+    assert torch.allclose(mixed.float(), full, atol=0.02 * full.abs().max().item())
