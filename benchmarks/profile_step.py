@@ -1,0 +1,48 @@
+"""Where the time of one ATFNN training step goes: torch.profiler's table of the busiest operators, fp32 and bf16.
+
+    python benchmarks/profile_step.py --threads 1 --precision fp32,bf16 --out benchmarks/results/profile
+
+Writes <out>/profile-<precision>.txt (operators by self CPU time). Same step as benchmarks/run.py: batch 128,
+forward + cross-entropy + backward + Adam, tuned allocator, after one warm-up step.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+RUN = Path(__file__).resolve().parent / "run.py"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 = what each --jobs worker uses)")
+    parser.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    parser.add_argument("--rows", type=int, default=15, help="operators listed")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/profile"))
+    args = parser.parse_args(argv)
+    spec = importlib.util.spec_from_file_location("atfnn_bench_run", RUN)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # reuse its batch, model and step so both measure the same thing
+    bench.tune_allocator()
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    x, y = bench.batch()
+    for precision in [p.strip() for p in args.precision.split(",") if p.strip()]:
+        torch.manual_seed(0)
+        model = bench.build_model(bench.ModelConfig(), bench.N_CLASSES)
+        step = bench.train_step_fn(model, x, y, {"fp32": None, "bf16": torch.bfloat16}[precision])
+        step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows)
+        path = args.out / f"profile-{precision}.txt"
+        path.write_text(f"{precision}, {args.threads} thread(s), batch {bench.BATCH}\n{table}\n")
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
