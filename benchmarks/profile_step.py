@@ -17,11 +17,12 @@ from torch.profiler import ProfilerActivity, profile
 RUN = Path(__file__).resolve().parent / "run.py"
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 = what each --jobs worker uses)")
     parser.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16")
     parser.add_argument("--rows", type=int, default=15, help="operators listed")
+    parser.add_argument("--batch", type=int, default=None, help="segments per step (default: run.py's, 128)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/profile"))
     args = parser.parse_args(argv)
     spec = importlib.util.spec_from_file_location("atfnn_bench_run", RUN)
@@ -30,7 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     bench.tune_allocator()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    x, y = bench.batch()
+    batch_size = args.batch or bench.BATCH
+    x, y = bench.batch(batch_size)
+    written = []
     for precision in [p.strip() for p in args.precision.split(",") if p.strip()]:
         torch.manual_seed(0)
         model = bench.build_model(bench.ModelConfig(), bench.N_CLASSES)
@@ -40,8 +43,10 @@ def main(argv: list[str] | None = None) -> None:
             step()
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows)
         path = args.out / f"profile-{precision}.txt"
-        path.write_text(f"{precision}, {args.threads} thread(s), batch {bench.BATCH}\n{table}\n")
+        path.write_text(f"{precision}, {args.threads} thread(s), batch {batch_size}\n{table}\n")
         print(f"wrote {path}")
+        written.append(path)
+    return written
 
 
 if __name__ == "__main__":

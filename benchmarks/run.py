@@ -217,6 +217,9 @@ def bench_autocast(reference, repeats: int) -> dict:
     for key, seconds in times.items():
         out[key] = summary(seconds, BATCH)
         log(f"autocast {key}: {out[key]['per_s']} seg/s")
+    if "optimised_fp32" in times and "reference_fp32" in times:
+        out["ratio_optimised_fp32_to_reference_fp32"] = round(
+            out["optimised_fp32"]["per_s"] / out["reference_fp32"]["per_s"], 2)
     if "optimised_bf16" in times and "reference_fp32" in times:
         out["ratio_optimised_bf16_to_reference_fp32"] = round(
             out["optimised_bf16"]["per_s"] / out["reference_fp32"]["per_s"], 2)
@@ -548,7 +551,9 @@ def write_markdown(results: dict, path: Path) -> None:
             if isinstance(row, dict):
                 lines.append(f"| {key} | {row.get('per_s', row.get('error'))} |")
         ratios = {k: v for k, v in results["autocast"].items() if k.startswith("ratio_")}
-        lines.extend(["", "interleaved in one process; " + ", ".join(f"{k[6:]}: x{v}" for k, v in ratios.items()), ""])
+        lines.extend(["", "Interleaved in one process. " + ("; ".join(f"{k[6:].replace('_', ' ')}: x{v}"
+                                                                      for k, v in ratios.items()) or "No ratios: "
+                                                                     "a precision failed (see its row)."), ""])
     if "compile" in results:
         c = results["compile"]
         text = c.get("error") or (f"first step {c['first_step_s']} s; then {c['compiled']['per_s']} segments/s "

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 
@@ -38,3 +39,31 @@ def test_unknown_parts_and_variants_are_refused(tmp_path):
         bench.main(["--only", "warp-drive", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         bench.main(["--variants", "atfnn,resnet", "--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_autocast_benchmark_reports_ratios_against_the_reference(tmp_path, monkeypatch):
+    bench = _bench()
+    small = bench.batch
+    monkeypatch.setattr(bench, "BATCH", 4)
+    monkeypatch.setattr(bench, "batch", lambda size=4, seed=0: small(size, seed))
+    bench.main(["--only", "autocast", "--repeats", "1", "--malloc", "default", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "results.json").read_text())["autocast"]
+    assert saved["optimised_fp32"]["per_s"] > 0 and saved["reference_fp32"]["per_s"] > 0
+    ratio = saved["ratio_optimised_fp32_to_reference_fp32"]
+    assert ratio == round(saved["optimised_fp32"]["per_s"] / saved["reference_fp32"]["per_s"], 2)
+    assert f"optimised fp32 to reference fp32: x{ratio}" in (tmp_path / "results.md").read_text()
+
+
+def test_profile_step_writes_a_table_per_precision(tmp_path):
+    spec = importlib.util.spec_from_file_location("atfnn_profile_step", RUN.parent / "profile_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    try:
+        written = module.main(["--precision", "fp32", "--batch", "2", "--rows", "5", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)  # the script sets its own; later tests keep theirs
+    assert written == [tmp_path / "profile-fp32.txt"]
+    text = written[0].read_text()
+    assert text.startswith("fp32, 1 thread(s), batch 2") and "Self CPU" in text
