@@ -550,10 +550,10 @@ def write_markdown(results: dict, path: Path) -> None:
         for key, row in results["autocast"].items():
             if isinstance(row, dict):
                 lines.append(f"| {key} | {row.get('per_s', row.get('error'))} |")
-        ratios = {k: v for k, v in results["autocast"].items() if k.startswith("ratio_")}
-        lines.extend(["", "Interleaved in one process. " + ("; ".join(f"{k[6:].replace('_', ' ')}: x{v}"
-                                                                      for k, v in ratios.items()) or "No ratios: "
-                                                                     "a precision failed (see its row)."), ""])
+        ratios = [f"{k.removeprefix('ratio_').replace('_', ' ')}: x{v}"
+                  for k, v in results["autocast"].items() if k.startswith("ratio_")]
+        summary_line = "; ".join(ratios) or "No ratios: a precision failed (see its row)."
+        lines.extend(["", f"Interleaved in one process. {summary_line}", ""])
     if "compile" in results:
         c = results["compile"]
         text = c.get("error") or (f"first step {c['first_step_s']} s; then {c['compiled']['per_s']} segments/s "
