@@ -23,8 +23,9 @@ declare -A CMD=(
   [emodb-atfnn]="configs/emodb_atfnn.yaml $MONITOR"
   [casia-atfnn-spknorm-aug]="configs/casia_atfnn_spknorm_aug.yaml $MONITOR"
   [casia-atfnn-utterancenorm]="configs/casia_atfnn_utterancenorm.yaml $MONITOR"
+  [casia-atfnn-spknorm-reg]="configs/casia_atfnn_spknorm_reg.yaml $MONITOR"
 )
-ORDER=(casia-atfnn casia-atnn casia-afnn casia-atfnn-spknorm casia-tfnn emodb-atfnn casia-atfnn-spknorm-aug casia-atfnn-utterancenorm)
+ORDER=(casia-atfnn casia-atnn casia-afnn casia-atfnn-spknorm casia-tfnn emodb-atfnn casia-atfnn-spknorm-aug casia-atfnn-utterancenorm casia-atfnn-spknorm-reg)
 
 for run in "${@:-${ORDER[@]}}"; do
   [[ -n "${CMD[$run]:-}" ]] || { echo "unknown run $run; one of: ${ORDER[*]}" >&2; exit 2; }
