@@ -89,6 +89,9 @@ class TrainConfig:
     # Not in the paper: VTLP-style warp of the mel axis by a random factor in [1 - freq_warp, 1 + freq_warp] per
     # training segment (0 = off), so the network sees the training speakers with other voice heights.
     freq_warp: float = 0.0
+    # Not in the paper: evaluate, select and keep an exponential moving average of the weights over about this many
+    # recent epochs (updated after every step) instead of the raw weights; 0 = off.
+    ema_epochs: float = 0.0
     aggregate: str = "mean"  # segment posteriors -> utterance: mean | vote | max
     # Analysis only: also score the test speaker after every epoch into log.csv (test_war, test_uar), to see what a
     # protocol that picks the epoch on the test speaker would report. Never used for selection or early stopping.
@@ -271,6 +274,8 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(f"model.n_mels={m.n_mels} is not a multiple of model.f_group={m.f_group}")
     if m.frames % m.t_group:
         raise ConfigError(f"model.frames={m.frames} is not a multiple of model.t_group={m.t_group}")
+    if config.train.ema_epochs < 0:
+        raise ConfigError(f"train.ema_epochs={config.train.ema_epochs} must be 0 (off) or positive")
     if m.channels % m.heads:
         raise ConfigError(f"model.channels={m.channels} is not divisible by model.heads={m.heads}")
     if fe.segment_hop < 1 or fe.segment_hop > fe.segment_frames:

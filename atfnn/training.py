@@ -25,6 +25,7 @@ from torch import Tensor
 
 from atfnn.aggregate import aggregate
 from atfnn.config import ModelConfig, TrainConfig
+from atfnn.errors import ConfigError
 from atfnn.metrics import uar, war
 from atfnn.model import ATFNN, build_model
 
@@ -186,7 +187,11 @@ def train_fold(
     generator = torch.Generator().manual_seed(seed)
     weight = class_weights(train.y, len(labels)).to(device) if train_cfg.class_weighting else None
     max_epochs = epochs or train_cfg.epochs
-    state = _resume(fold_dir / CHECKPOINT, model, optimizer, generator)
+    steps_per_epoch = math.ceil(len(train) / train_cfg.batch_size)
+    averaged = _averaged_model(model, train_cfg.ema_epochs, steps_per_epoch)
+    # Validation, selection, monitoring and the kept weights all use the average when there is one.
+    scored = averaged.module if averaged is not None else model
+    state = _resume(fold_dir / CHECKPOINT, model, optimizer, generator, averaged)
     start, best_epoch, best_score, bad_epochs, best_state, history = (
         state if state else (0, 0, -math.inf, 0, None, [])
     )
@@ -194,37 +199,49 @@ def train_fold(
         if validation is not None and bad_epochs >= train_cfg.patience:
             break
         began = time.perf_counter()
-        train_loss = _train_epoch(model, optimizer, train, generator, weight, train_cfg, device, epoch, max_epochs, progress)
+        train_loss = _train_epoch(
+            model, optimizer, train, generator, weight, train_cfg, device, epoch, max_epochs, progress, averaged
+        )
         row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": "", "val_war": "", "val_uar": ""}
         if validation is not None:
-            scores = evaluate(model, validation, labels, device, train_cfg.precision, train_cfg.aggregate)
+            scores = evaluate(scored, validation, labels, device, train_cfg.precision, train_cfg.aggregate)
             row.update(val_loss=scores["loss"], val_war=scores["war"], val_uar=scores["uar"])
             score = -scores["loss"] if train_cfg.select_metric == "loss" else scores[train_cfg.select_metric]
             if score > best_score:
                 best_score, best_epoch, bad_epochs = score, epoch + 1, 0
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(scored.state_dict())
             else:
                 bad_epochs += 1
             if progress:
                 print(f"  epoch {epoch + 1}: loss {train_loss:.4f}  val UAR {scores['uar']:.2f}  val WAR {scores['war']:.2f}"
                       f"  (best epoch {best_epoch})", flush=True)
         else:
-            best_epoch, best_state = epoch + 1, None
+            best_epoch, best_state = epoch + 1, (copy.deepcopy(scored.state_dict()) if averaged is not None else None)
         row["seconds"] = round(time.perf_counter() - began, 3)
         if monitor is not None:
             # After the timing, so log.csv's seconds stay comparable with unmonitored runs; eval mode draws no
             # random numbers, so training is the same with or without monitoring.
-            watched = evaluate(model, monitor, labels, device, train_cfg.precision, train_cfg.aggregate)
+            watched = evaluate(scored, monitor, labels, device, train_cfg.precision, train_cfg.aggregate)
             row.update(test_war=watched["war"], test_uar=watched["uar"])
         history.append(row)
         _write_log(fold_dir / LOG, history)
         _save_checkpoint(
-            fold_dir / CHECKPOINT, model, optimizer, generator,
+            fold_dir / CHECKPOINT, model, optimizer, generator, averaged,
             (epoch + 1, best_epoch, best_score, bad_epochs, best_state, history),
         )
     if best_state is not None:
         model.load_state_dict(best_state)
     return FoldResult(model=model, best_epoch=best_epoch, epochs=len(history), history=history)
+
+
+def _averaged_model(model: ATFNN, ema_epochs: float, steps_per_epoch: int) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of the weights with a horizon of `ema_epochs` epochs (decay 1 - 1/steps)."""
+    if ema_epochs <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    decay = 1.0 - 1.0 / max(ema_epochs * steps_per_epoch, 1.0)
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _optimizer(model: ATFNN, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -235,6 +252,7 @@ def _optimizer(model: ATFNN, cfg: TrainConfig) -> torch.optim.Optimizer:
 def _train_epoch(
     model: ATFNN, optimizer: torch.optim.Optimizer, data: SplitData, generator: torch.Generator, weight: Tensor | None,
     cfg: TrainConfig, device: torch.device, epoch: int, max_epochs: int, progress: bool,
+    averaged: torch.optim.swa_utils.AveragedModel | None = None,
 ) -> float:
     from tqdm.auto import tqdm
 
@@ -257,18 +275,21 @@ def _train_epoch(
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
+        if averaged is not None:
+            averaged.update_parameters(model)
         total += loss.item() * len(idx)
         count += len(idx)
         bar.set_postfix(loss=f"{total / count:.4f}")
     return total / max(count, 1)
 
 
-def _save_checkpoint(path: Path, model, optimizer, generator, state: tuple) -> None:
+def _save_checkpoint(path: Path, model, optimizer, generator, averaged, state: tuple) -> None:
     """Everything needed to continue exactly: weights, optimiser, RNG states, early-stopping state (atomic write)."""
     epoch, best_epoch, best_score, bad_epochs, best_state, history = state
     payload = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "averaged": averaged.state_dict() if averaged is not None else None,
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -285,12 +306,18 @@ def _save_checkpoint(path: Path, model, optimizer, generator, state: tuple) -> N
     os.replace(tmp, path)
 
 
-def _resume(path: Path, model, optimizer, generator) -> tuple | None:
+def _resume(path: Path, model, optimizer, generator, averaged=None) -> tuple | None:
     if not path.is_file():
         return None
     payload = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
+    if averaged is not None:
+        if payload.get("averaged") is None:
+            raise ConfigError(
+                f"{path} was written without train.ema_epochs; resume it with the same config or start a new --out"
+            )
+        averaged.load_state_dict(payload["averaged"])
     generator.set_state(payload["generator"])
     torch.set_rng_state(payload["torch_rng"])
     if payload["cuda_rng"] and torch.cuda.is_available():

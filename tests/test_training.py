@@ -1,4 +1,5 @@
 """Training-time augmentations: what they change in a segment, and what they must leave alone."""
+import numpy as np
 import pytest
 import torch
 
@@ -67,3 +68,82 @@ def test_freq_warp_out_of_range_is_a_config_error():
     with pytest.raises(ConfigError, match="train.freq_warp"):
         load_config(overrides=["train.freq_warp=0.7"])
     assert load_config(overrides=["train.freq_warp=0.1"]).train.freq_warp == 0.1
+
+
+# --- weight averaging (train.ema_epochs) ---------------------------------------------------------------------------
+
+LABELS = ["a", "b"]
+
+
+def tiny_split(n: int = 12, seed: int = 0):
+    from atfnn.training import SplitData
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, F, T, generator=g)
+    y = torch.arange(n) % 2
+    x[y == 1, :10] += 2.0  # something to learn
+    return SplitData(x=x, y=y, utt=np.arange(n), uids=[f"u{i}" for i in range(n)],
+                     utt_labels=[LABELS[int(k)] for k in y])
+
+
+def tiny_cfgs(*extra: str):
+    cfg = load_config(overrides=["model.lstm_hidden=8", "model.lstm_layers=1", "train.batch_size=4", *extra])
+    return cfg.model, cfg.train
+
+
+def test_ema_decay_follows_the_horizon_in_epochs():
+    from atfnn.training import _averaged_model
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    averaged = _averaged_model(model, ema_epochs=2.0, steps_per_epoch=5)  # 10 steps -> decay 0.9
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        averaged.update_parameters(model)  # the first update copies
+        model.weight.fill_(3.0)
+        averaged.update_parameters(model)
+    assert averaged.module.weight.item() == pytest.approx(0.9 * 1.0 + 0.1 * 3.0)
+    assert _averaged_model(model, ema_epochs=0.0, steps_per_epoch=5) is None
+
+
+def test_ema_keeps_the_average_not_the_raw_weights(tmp_path):
+    from atfnn.training import train_fold
+
+    model_cfg, plain_cfg = tiny_cfgs()
+    _, ema_cfg = tiny_cfgs("train.ema_epochs=1")
+    data = tiny_split()
+    cpu = torch.device("cpu")
+    plain = train_fold(model_cfg, plain_cfg, LABELS, data, None, tmp_path / "plain", 0, cpu, epochs=2, progress=False)
+    ema = train_fold(model_cfg, ema_cfg, LABELS, data, None, tmp_path / "ema", 0, cpu, epochs=2, progress=False)
+    raw = torch.load(tmp_path / "ema" / "last.pt", weights_only=True)["model"]
+    # The raw weights follow the same trajectory as without averaging; the kept model is their average.
+    for name, value in plain.model.state_dict().items():
+        torch.testing.assert_close(raw[name], value)
+    assert any(not torch.equal(raw[n], v) for n, v in ema.model.state_dict().items() if v.is_floating_point())
+
+
+def test_ema_resumes_exactly_after_an_interruption(tmp_path):
+    from atfnn.training import train_fold
+
+    model_cfg, train_cfg = tiny_cfgs("train.ema_epochs=1")
+    data, cpu = tiny_split(), torch.device("cpu")
+    straight = train_fold(model_cfg, train_cfg, LABELS, data, None, tmp_path / "a", 0, cpu, epochs=3, progress=False)
+    train_fold(model_cfg, train_cfg, LABELS, data, None, tmp_path / "b", 0, cpu, epochs=1, progress=False)
+    resumed = train_fold(model_cfg, train_cfg, LABELS, data, None, tmp_path / "b", 0, cpu, epochs=3, progress=False)
+    for name, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], value)
+
+
+def test_ema_cannot_resume_a_checkpoint_written_without_it(tmp_path):
+    from atfnn.training import train_fold
+
+    model_cfg, plain_cfg = tiny_cfgs()
+    _, ema_cfg = tiny_cfgs("train.ema_epochs=1")
+    data, cpu = tiny_split(), torch.device("cpu")
+    train_fold(model_cfg, plain_cfg, LABELS, data, None, tmp_path, 0, cpu, epochs=1, progress=False)
+    with pytest.raises(ConfigError, match="ema_epochs"):
+        train_fold(model_cfg, ema_cfg, LABELS, data, None, tmp_path, 0, cpu, epochs=2, progress=False)
+
+
+def test_negative_ema_epochs_is_a_config_error():
+    with pytest.raises(ConfigError, match="train.ema_epochs"):
+        load_config(overrides=["train.ema_epochs=-1"])
