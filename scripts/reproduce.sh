@@ -24,8 +24,9 @@ declare -A CMD=(
   [casia-atfnn-spknorm-aug]="configs/casia_atfnn_spknorm_aug.yaml $MONITOR"
   [casia-atfnn-utterancenorm]="configs/casia_atfnn_utterancenorm.yaml $MONITOR"
   [casia-atfnn-spknorm-reg]="configs/casia_atfnn_spknorm_reg.yaml $MONITOR"
+  [casia-atfnn-spknorm-reg-ema]="configs/casia_atfnn_spknorm_reg_ema.yaml $MONITOR"
 )
-ORDER=(casia-atfnn casia-atnn casia-afnn casia-atfnn-spknorm casia-tfnn emodb-atfnn casia-atfnn-spknorm-aug casia-atfnn-utterancenorm casia-atfnn-spknorm-reg)
+ORDER=(casia-atfnn casia-atnn casia-afnn casia-atfnn-spknorm casia-tfnn emodb-atfnn casia-atfnn-spknorm-aug casia-atfnn-utterancenorm casia-atfnn-spknorm-reg casia-atfnn-spknorm-reg-ema)
 
 for run in "${@:-${ORDER[@]}}"; do
   [[ -n "${CMD[$run]:-}" ]] || { echo "unknown run $run; one of: ${ORDER[*]}" >&2; exit 2; }
