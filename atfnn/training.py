@@ -216,7 +216,7 @@ def train_fold(
                 print(f"  epoch {epoch + 1}: loss {train_loss:.4f}  val UAR {scores['uar']:.2f}  val WAR {scores['war']:.2f}"
                       f"  (best epoch {best_epoch})", flush=True)
         else:
-            best_epoch, best_state = epoch + 1, (copy.deepcopy(scored.state_dict()) if averaged is not None else None)
+            best_epoch, best_state = epoch + 1, None
         row["seconds"] = round(time.perf_counter() - began, 3)
         if monitor is not None:
             # After the timing, so log.csv's seconds stay comparable with unmonitored runs; eval mode draws no
@@ -231,6 +231,8 @@ def train_fold(
         )
     if best_state is not None:
         model.load_state_dict(best_state)
+    elif averaged is not None:  # no validation: keep the average of the last epochs, not the raw weights
+        model.load_state_dict(averaged.module.state_dict())
     return FoldResult(model=model, best_epoch=best_epoch, epochs=len(history), history=history)
 
 

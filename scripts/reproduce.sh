@@ -28,7 +28,8 @@ declare -A CMD=(
   [casia-atfnn-spknorm-reg-ema-spkval]="configs/casia_atfnn_spknorm_reg_ema_spkval.yaml $MONITOR"
   [casia-atfnn-spknorm-reg-seed1]="configs/casia_atfnn_spknorm_reg.yaml --set train.seed=1 $MONITOR"
 )
-ORDER=(casia-atfnn casia-atnn casia-afnn casia-atfnn-spknorm casia-tfnn emodb-atfnn casia-atfnn-spknorm-aug casia-atfnn-utterancenorm casia-atfnn-spknorm-reg casia-atfnn-spknorm-reg-ema casia-atfnn-spknorm-reg-ema-spkval
+ORDER=(casia-atfnn casia-atnn casia-afnn casia-atfnn-spknorm casia-tfnn emodb-atfnn casia-atfnn-spknorm-aug
+       casia-atfnn-utterancenorm casia-atfnn-spknorm-reg casia-atfnn-spknorm-reg-ema casia-atfnn-spknorm-reg-ema-spkval
        casia-atfnn-spknorm-reg-seed1)
 
 for run in "${@:-${ORDER[@]}}"; do

@@ -1,4 +1,4 @@
-"""Training-time augmentations: what they change in a segment, and what they must leave alone."""
+"""Training-time augmentations (what they change in a segment, and what they must leave alone) and weight averaging."""
 import numpy as np
 import pytest
 import torch
