@@ -92,6 +92,11 @@ class TrainConfig:
     # Not in the paper: evaluate, select and keep an exponential moving average of the weights over about this many
     # recent epochs (updated after every step) instead of the raw weights; 0 = off.
     ema_epochs: float = 0.0
+    # Not in the paper: speaker-adversarial training (Ganin & Lempitsky's gradient reversal, 2015). A speaker
+    # classifier on h' is trained alongside and its gradient reaches the network reversed, scaled by this weight
+    # times DANN's ramp 2 / (1 + exp(-10 p)) - 1 over the training progress p; 0 = off. Training only: the kept
+    # model is the plain network.
+    speaker_adversarial: float = 0.0
     aggregate: str = "mean"  # segment posteriors -> utterance: mean | vote | max
     # Analysis only: also score the test speaker after every epoch into log.csv (test_war, test_uar), to see what a
     # protocol that picks the epoch on the test speaker would report. Never used for selection or early stopping.
@@ -276,6 +281,10 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(f"model.frames={m.frames} is not a multiple of model.t_group={m.t_group}")
     if config.train.ema_epochs < 0:
         raise ConfigError(f"train.ema_epochs={config.train.ema_epochs} must be 0 (off) or positive")
+    if config.train.speaker_adversarial < 0:
+        raise ConfigError(
+            f"train.speaker_adversarial={config.train.speaker_adversarial} must be 0 (off) or positive (1 = DANN's)"
+        )
     if m.channels % m.heads:
         raise ConfigError(f"model.channels={m.channels} is not divisible by model.heads={m.heads}")
     if fe.segment_hop < 1 or fe.segment_hop > fe.segment_frames:

@@ -81,12 +81,15 @@ def split_data(corpus: PreparedCorpus, uids: Sequence[str], device: torch.device
     if device is not None and device.type != "cpu":
         x = x.to(device)
     by_uid = {u.uid: u for u in corpus.utterances}
+    speakers = sorted({by_uid[uid].speaker for uid in uids})
+    utt_speaker = np.array([speakers.index(by_uid[uid].speaker) for uid in uids], dtype=np.int64)
     return SplitData(
         x=x,
         y=corpus.seg_labels.index_select(0, rows),
         utt=local[mask],
         uids=list(uids),
         utt_labels=[by_uid[uid].label for uid in uids],
+        spk=torch.from_numpy(utt_speaker[local[mask]]),
     )
 
 

@@ -200,8 +200,8 @@ class ATFNN(nn.Module):
         self.t_attention = TAttention(c, cfg.t_group, cfg.attention_activation) if has_ta else None
         frame_size = cfg.n_mels * (c if has_fe else 1)
         self.t_encoder = TEncoder(frame_size, cfg.lstm_hidden, cfg.lstm_layers, cfg.lstm_dropout) if has_te else None
-        features = 2 * cfg.lstm_hidden if has_te else frame_size
-        self.classifier = _classifier(features, num_classes, cfg)
+        self.embedding_size = 2 * cfg.lstm_hidden if has_te else frame_size
+        self.classifier = _classifier(self.embedding_size, num_classes, cfg)
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, F, T) or (B, 1, F, T) log-Mel segments -> logits (B, num_classes)."""
@@ -209,6 +209,11 @@ class ATFNN(nn.Module):
 
     def forward_with_attention(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Logits and the attention maps of this pass, each (B, F, T) and broadcast over its groups (Fig. 6)."""
+        h, maps = self.embed(x)
+        return self.classifier(h), maps
+
+    def embed(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The encoding the classifier reads, h' (B, embedding_size), and the attention maps of this pass."""
         if x.dim() == 4 and x.shape[1] == 1:
             x = x.squeeze(1)
         if x.dim() != 3 or x.shape[1:] != (self.config.n_mels, self.config.frames):
@@ -230,7 +235,7 @@ class ATFNN(nn.Module):
         else:
             pooled = h.mean(dim=1) if self.config.afnn_pool == "mean" else h.amax(dim=1)
             h = pooled.flatten(1)  # (B, F*C)
-        return self.classifier(h), maps
+        return h, maps
 
 
 class TFNN(ATFNN):

@@ -1,7 +1,8 @@
 """Training of one fold: epochs over shuffled segments, model selection on the fold's validation utterances,
 early stopping, and a checkpoint after every epoch so an interrupted fold resumes where it stopped.
 
-Loss, optimiser and schedule live here, not in the model (model.forward returns logits).
+Loss, optimiser and schedule live here, not in the model (model.forward returns logits), and so do the training-only
+options beyond the paper: augmentations, weight averaging and the speaker adversary.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from atfnn.aggregate import aggregate
 from atfnn.config import ModelConfig, TrainConfig
@@ -31,19 +32,24 @@ from atfnn.model import ATFNN, build_model
 
 CHECKPOINT = "last.pt"
 LOG = "log.csv"
-LOG_FIELDS = ("epoch", "train_loss", "val_loss", "val_war", "val_uar", "seconds", "test_war", "test_uar")
+LOG_FIELDS = (
+    "epoch", "train_loss", "val_loss", "val_war", "val_uar", "seconds", "test_war", "test_uar", "speaker_loss",
+)
 EVAL_BATCH = 256
+ADVERSARY_HIDDEN = 128
 
 
 @dataclass
 class SplitData:
-    """Segments of one split: x (N, F, T) on the training device, y (N,) class indices, utt (N,) utterance index."""
+    """Segments of one split: x (N, F, T) on the training device, y (N,) class indices, utt (N,) utterance index,
+    spk (N,) speaker index within the split (needed by the speaker adversary only)."""
 
     x: Tensor
     y: Tensor
     utt: np.ndarray
     uids: list[str]  # utterance uid per utterance index
     utt_labels: list[str]  # utterance label per utterance index
+    spk: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -127,6 +133,47 @@ def freq_warp(x: Tensor, generator: torch.Generator, max_warp: float) -> Tensor:
     return warp_bands(x, alpha.to(x.device))
 
 
+class GradientReversal(torch.autograd.Function):
+    """Identity forward; the backward pass multiplies the gradient by -scale (Ganin & Lempitsky, 2015)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return -ctx.scale * grad, None
+
+
+class SpeakerAdversary(nn.Module):
+    """Speaker classifier on h' behind a gradient reversal: it learns the training speakers, the network unlearns them."""
+
+    def __init__(self, features: int, speakers: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(features, ADVERSARY_HIDDEN), nn.ReLU(), nn.Linear(ADVERSARY_HIDDEN, speakers))
+
+    def forward(self, h: Tensor, scale: float) -> Tensor:
+        return self.net(GradientReversal.apply(h, scale))
+
+
+def adversarial_scale(weight: float, progress: float) -> float:
+    """DANN's schedule: 0 at the start, rising to `weight` as training progress (0..1) goes on."""
+    return weight * (2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0)
+
+
+def _speaker_adversary(model: ATFNN, data: SplitData, weight: float, device: torch.device) -> SpeakerAdversary | None:
+    if weight <= 0:
+        return None
+    speakers = int(data.spk.max()) + 1 if data.spk is not None and len(data.spk) else 0
+    if speakers < 2:
+        raise ConfigError(
+            f"train.speaker_adversarial={weight} needs training segments of at least 2 speakers with their speaker "
+            f"index (SplitData.spk); got {speakers}. Set train.speaker_adversarial=0"
+        )
+    return SpeakerAdversary(model.embedding_size, speakers).to(device)
+
+
 @torch.inference_mode()
 def predict_segments(model: ATFNN, x: Tensor, device: torch.device, precision: str = "fp32") -> np.ndarray:
     """Softmax posteriors (N, n_classes) of segments, in batches."""
@@ -183,7 +230,8 @@ def train_fold(
     fold_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     model = build_model(model_cfg, len(labels)).to(device)
-    optimizer = _optimizer(model, train_cfg)
+    adversary = _speaker_adversary(model, train, train_cfg.speaker_adversarial, device)
+    optimizer = _optimizer(model, train_cfg, adversary)
     generator = torch.Generator().manual_seed(seed)
     weight = class_weights(train.y, len(labels)).to(device) if train_cfg.class_weighting else None
     max_epochs = epochs or train_cfg.epochs
@@ -191,7 +239,7 @@ def train_fold(
     averaged = _averaged_model(model, train_cfg.ema_epochs, steps_per_epoch)
     # Validation, selection, monitoring and the kept weights all use the average when there is one.
     scored = averaged.module if averaged is not None else model
-    state = _resume(fold_dir / CHECKPOINT, model, optimizer, generator, averaged)
+    state = _resume(fold_dir / CHECKPOINT, model, optimizer, generator, averaged, adversary)
     start, best_epoch, best_score, bad_epochs, best_state, history = (
         state if state else (0, 0, -math.inf, 0, None, [])
     )
@@ -199,10 +247,13 @@ def train_fold(
         if validation is not None and bad_epochs >= train_cfg.patience:
             break
         began = time.perf_counter()
-        train_loss = _train_epoch(
-            model, optimizer, train, generator, weight, train_cfg, device, epoch, max_epochs, progress, averaged
+        train_loss, speaker_loss = _train_epoch(
+            model, optimizer, train, generator, weight, train_cfg, device, epoch, max_epochs, progress, averaged,
+            adversary,
         )
         row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": "", "val_war": "", "val_uar": ""}
+        if adversary is not None:
+            row["speaker_loss"] = speaker_loss
         if validation is not None:
             scores = evaluate(scored, validation, labels, device, train_cfg.precision, train_cfg.aggregate)
             row.update(val_loss=scores["loss"], val_war=scores["war"], val_uar=scores["uar"])
@@ -226,7 +277,7 @@ def train_fold(
         history.append(row)
         _write_log(fold_dir / LOG, history)
         _save_checkpoint(
-            fold_dir / CHECKPOINT, model, optimizer, generator, averaged,
+            fold_dir / CHECKPOINT, model, optimizer, generator, averaged, adversary,
             (epoch + 1, best_epoch, best_score, bad_epochs, best_state, history),
         )
     if best_state is not None:
@@ -246,52 +297,66 @@ def _averaged_model(model: ATFNN, ema_epochs: float, steps_per_epoch: int) -> to
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-def _optimizer(model: ATFNN, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(model: ATFNN, cfg: TrainConfig, adversary: nn.Module | None = None) -> torch.optim.Optimizer:
     cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = list(model.parameters()) + (list(adversary.parameters()) if adversary is not None else [])
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _train_epoch(
     model: ATFNN, optimizer: torch.optim.Optimizer, data: SplitData, generator: torch.Generator, weight: Tensor | None,
     cfg: TrainConfig, device: torch.device, epoch: int, max_epochs: int, progress: bool,
-    averaged: torch.optim.swa_utils.AveragedModel | None = None,
-) -> float:
+    averaged: torch.optim.swa_utils.AveragedModel | None = None, adversary: SpeakerAdversary | None = None,
+) -> tuple[float, float]:
+    """One pass over the shuffled segments; returns the mean emotion loss and the adversary's mean speaker loss."""
     from tqdm.auto import tqdm
 
     model.train()
     order = torch.randperm(len(data), generator=generator)
     batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-    total, count = 0.0, 0
+    total, speaker_total, count = 0.0, 0.0, 0
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{max_epochs}", leave=False, disable=not progress, unit="batch")
-    for idx in bar:
+    for step, idx in enumerate(bar):
         x, y = data.x[idx].to(device, non_blocking=True), data.y[idx].to(device, non_blocking=True)
         if cfg.freq_warp > 0:
             x = freq_warp(x, generator, cfg.freq_warp)
         if cfg.spec_augment:
             x = spec_augment(x, generator)
+        speaker_loss = None
         with autocast(device, cfg.precision):
-            logits = model(x)
+            if adversary is None:
+                logits = model(x)
+            else:
+                h, _ = model.embed(x)
+                logits = model.classifier(h)
+                progress_now = (epoch + step / len(batches)) / max_epochs
+                speaker_logits = adversary(h, adversarial_scale(cfg.speaker_adversarial, progress_now))
         loss = F.cross_entropy(logits.float(), y, weight=weight)
+        if adversary is not None:
+            speaker_loss = F.cross_entropy(speaker_logits.float(), data.spk[idx].to(device, non_blocking=True))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if speaker_loss is None else loss + speaker_loss).backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         if averaged is not None:
             averaged.update_parameters(model)
         total += loss.item() * len(idx)
+        if speaker_loss is not None:
+            speaker_total += speaker_loss.item() * len(idx)
         count += len(idx)
         bar.set_postfix(loss=f"{total / count:.4f}")
-    return total / max(count, 1)
+    return total / max(count, 1), speaker_total / max(count, 1)
 
 
-def _save_checkpoint(path: Path, model, optimizer, generator, averaged, state: tuple) -> None:
+def _save_checkpoint(path: Path, model, optimizer, generator, averaged, adversary, state: tuple) -> None:
     """Everything needed to continue exactly: weights, optimiser, RNG states, early-stopping state (atomic write)."""
     epoch, best_epoch, best_score, bad_epochs, best_state, history = state
     payload = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "averaged": averaged.state_dict() if averaged is not None else None,
+        "adversary": adversary.state_dict() if adversary is not None else None,
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -308,18 +373,25 @@ def _save_checkpoint(path: Path, model, optimizer, generator, averaged, state: t
     os.replace(tmp, path)
 
 
-def _resume(path: Path, model, optimizer, generator, averaged=None) -> tuple | None:
+def _resume(path: Path, model, optimizer, generator, averaged=None, adversary=None) -> tuple | None:
     if not path.is_file():
         return None
     payload = torch.load(path, map_location="cpu", weights_only=True)
+    # Checked before anything loads: the optimiser's state would fail on the adversary's parameters with a less
+    # helpful message.
+    parts = (("train.ema_epochs", "averaged", averaged), ("train.speaker_adversarial", "adversary", adversary))
+    for option, key, part in parts:
+        if (part is None) != (payload.get(key) is None):
+            written = "without" if part is not None else "with"
+            raise ConfigError(
+                f"{path} was written {written} {option}; resume it with the same config or start a new --out"
+            )
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     if averaged is not None:
-        if payload.get("averaged") is None:
-            raise ConfigError(
-                f"{path} was written without train.ema_epochs; resume it with the same config or start a new --out"
-            )
         averaged.load_state_dict(payload["averaged"])
+    if adversary is not None:
+        adversary.load_state_dict(payload["adversary"])
     generator.set_state(payload["generator"])
     torch.set_rng_state(payload["torch_rng"])
     if payload["cuda_rng"] and torch.cuda.is_available():

@@ -279,6 +279,29 @@ def test_augmented_run_trains_on_changed_segments_and_evaluates_on_clean_ones(co
     assert ours[0]["train_loss"] != theirs[0]["train_loss"], "augmentation changes what the network is trained on"
 
 
+def test_split_speaker_index_names_each_segments_speaker(corpus, tmp_path):
+    from atfnn.experiment import prepare_corpus, split_data
+
+    prepared = prepare_corpus(tiny_config(corpus, tmp_path / "cache"), progress=False, log=lambda m: None)
+    by_uid = {u.uid: u for u in prepared.utterances}
+    speakers = sorted({u.speaker for u in prepared.utterances})
+    uids = [u.uid for u in prepared.utterances if u.speaker != speakers[0]]  # a training split without one speaker
+    split = split_data(prepared, uids)
+    assert split.spk is not None and len(split.spk) == len(split)
+    assert set(split.spk.tolist()) == {0, 1}, "indices are local to the split"
+    for k in range(len(split)):
+        assert speakers[1:][int(split.spk[k])] == by_uid[split.uids[split.utt[k]]].speaker
+
+
+def test_speaker_adversarial_run_completes_and_logs_the_speaker_loss(corpus, tmp_path):
+    out = tmp_path / "adversarial"
+    config = tiny_config(corpus, tmp_path / "cache", "train.speaker_adversarial=1")
+    results = run_experiment(config, out, progress=False, log=lambda m: None)
+    assert 0 <= results["uar"] <= 100
+    rows = read_rows(out / "seed-0" / results["folds"][0]["test"] / "log.csv")
+    assert all(float(r["speaker_loss"]) > 0 for r in rows)
+
+
 def test_cli_train_with_fold_subset_overrides_and_seeds(corpus, tmp_path):
     out = tmp_path / "cli"
     config = tmp_path / "exp.yaml"

@@ -147,3 +147,121 @@ def test_ema_cannot_resume_a_checkpoint_written_without_it(tmp_path):
 def test_negative_ema_epochs_is_a_config_error():
     with pytest.raises(ConfigError, match="train.ema_epochs"):
         load_config(overrides=["train.ema_epochs=-1"])
+
+
+# --- speaker-adversarial training (train.speaker_adversarial) ------------------------------------------------------
+
+def speaker_split(n: int = 12):
+    data = tiny_split(n)
+    data.spk = torch.arange(n) % 3
+    return data
+
+
+def test_gradient_reversal_is_the_identity_forward_and_negates_scaled_gradients():
+    from atfnn.training import GradientReversal
+
+    x = torch.randn(4, 3, requires_grad=True)
+    out = GradientReversal.apply(x, 0.25)
+    assert torch.equal(out, x)
+    out.backward(torch.ones_like(out) * 2.0)
+    assert torch.equal(x.grad, torch.full_like(x, -0.5))
+
+
+def test_adversarial_scale_follows_the_dann_ramp():
+    from atfnn.training import adversarial_scale
+
+    assert adversarial_scale(1.0, 0.0) == 0.0
+    assert adversarial_scale(1.0, 0.5) == pytest.approx(2 / (1 + np.exp(-5)) - 1)  # 0.98661
+    assert adversarial_scale(0.3, 1.0) == pytest.approx(0.3, abs=1e-4)
+
+
+def test_the_network_receives_the_speaker_gradient_reversed():
+    from atfnn.model import build_model
+    from atfnn.training import SpeakerAdversary
+
+    model_cfg, _ = tiny_cfgs()
+    model = build_model(model_cfg, 2).eval()
+    adversary = SpeakerAdversary(model.embedding_size, 3)
+    x, spk = torch.randn(4, F, T), torch.tensor([0, 1, 2, 0])
+
+    def grads(scale: float) -> list[torch.Tensor]:
+        model.zero_grad()
+        h, _ = model.embed(x)
+        logits = adversary(h, scale) if scale else adversary.net(h)
+        torch.nn.functional.cross_entropy(logits, spk).backward()
+        return [p.grad.clone() for p in model.t_encoder.parameters()]
+
+    plain, reversed_ = grads(0.0), grads(0.5)
+    for g_plain, g_rev in zip(plain, reversed_):
+        torch.testing.assert_close(g_rev, -0.5 * g_plain)
+    assert any(g.abs().sum() > 0 for g in plain)
+
+
+def test_speaker_adversary_changes_training_and_keeps_a_plain_model(tmp_path):
+    from atfnn.training import LOG, train_fold
+
+    model_cfg, plain_cfg = tiny_cfgs()
+    _, adv_cfg = tiny_cfgs("train.speaker_adversarial=1")
+    data, cpu = speaker_split(), torch.device("cpu")
+    plain = train_fold(model_cfg, plain_cfg, LABELS, data, None, tmp_path / "plain", 0, cpu, epochs=2, progress=False)
+    adv = train_fold(model_cfg, adv_cfg, LABELS, data, None, tmp_path / "adv", 0, cpu, epochs=2, progress=False)
+    assert adv.model.state_dict().keys() == plain.model.state_dict().keys()  # the adversary is not part of the model
+    assert any(not torch.equal(adv.model.state_dict()[n], v) for n, v in plain.model.state_dict().items())
+    rows = (tmp_path / "adv" / LOG).read_text().splitlines()
+    assert "speaker_loss" in rows[0] and all(r.split(",")[-1] for r in rows[1:])
+    speaker_losses = [row["speaker_loss"] for row in adv.history]
+    assert all(0 < v < 5 for v in speaker_losses)  # 3 speakers: ln 3 = 1.1 at chance
+    assert all("speaker_loss" not in row for row in plain.history)
+
+
+def test_speaker_adversary_resumes_exactly_after_an_interruption(tmp_path, monkeypatch):
+    from atfnn import training
+    from atfnn.training import train_fold
+
+    model_cfg, train_cfg = tiny_cfgs("train.speaker_adversarial=1")
+    data, cpu = speaker_split(), torch.device("cpu")
+    straight = train_fold(model_cfg, train_cfg, LABELS, data, None, tmp_path / "a", 0, cpu, epochs=3, progress=False)
+    # Interrupted after its first checkpoint, within the same 3-epoch run (the ramp depends on the epoch count).
+    real_save = training._save_checkpoint
+
+    def save_then_stop(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(model_cfg, train_cfg, LABELS, data, None, tmp_path / "b", 0, cpu, epochs=3, progress=False)
+    monkeypatch.setattr(training, "_save_checkpoint", real_save)
+    resumed = train_fold(model_cfg, train_cfg, LABELS, data, None, tmp_path / "b", 0, cpu, epochs=3, progress=False)
+    for name, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], value)
+    assert [r["speaker_loss"] for r in resumed.history] == [r["speaker_loss"] for r in straight.history]
+
+
+@pytest.mark.parametrize("first, second", [("", "train.speaker_adversarial=1"), ("train.speaker_adversarial=1", "")])
+def test_speaker_adversary_cannot_resume_a_checkpoint_of_the_other_kind(tmp_path, first, second):
+    from atfnn.training import train_fold
+
+    data, cpu = speaker_split(), torch.device("cpu")
+    model_cfg, cfg_a = tiny_cfgs(*filter(None, [first]))
+    _, cfg_b = tiny_cfgs(*filter(None, [second]))
+    train_fold(model_cfg, cfg_a, LABELS, data, None, tmp_path, 0, cpu, epochs=1, progress=False)
+    with pytest.raises(ConfigError, match="train.speaker_adversarial"):
+        train_fold(model_cfg, cfg_b, LABELS, data, None, tmp_path, 0, cpu, epochs=2, progress=False)
+
+
+def test_speaker_adversary_needs_two_speakers(tmp_path):
+    from atfnn.training import train_fold
+
+    model_cfg, train_cfg = tiny_cfgs("train.speaker_adversarial=1")
+    data = tiny_split()
+    with pytest.raises(ConfigError, match="at least 2 speakers"):
+        train_fold(model_cfg, train_cfg, LABELS, data, None, tmp_path, 0, torch.device("cpu"), epochs=1, progress=False)
+    data.spk = torch.zeros(len(data), dtype=torch.long)
+    with pytest.raises(ConfigError, match="got 1"):
+        train_fold(model_cfg, train_cfg, LABELS, data, None, tmp_path, 0, torch.device("cpu"), epochs=1, progress=False)
+
+
+def test_negative_speaker_adversarial_is_a_config_error():
+    with pytest.raises(ConfigError, match="train.speaker_adversarial"):
+        load_config(overrides=["train.speaker_adversarial=-0.5"])
