@@ -7,7 +7,8 @@
 #   scripts/reproduce.sh casia-atnn      # one run by name
 #
 # JOBS (default 2) folds train at once. Runs marked "monitored" also log the test speaker's UAR per epoch
-# (train.monitor_test, analysis only: selection never sees it, training is unchanged).
+# (train.monitor_test, analysis only: selection never sees it, training is unchanged). To add seeds to a run whose
+# results/ export is all that is left, copy results/<run> to runs/<run> first: its finished folds are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ATFNN=${ATFNN:-.venv/bin/atfnn}
@@ -16,7 +17,7 @@ MONITOR="--set train.monitor_test=true"
 
 declare -A CMD=(
   [casia-atfnn]="configs/casia_atfnn.yaml --seeds 3"
-  [casia-atnn]="configs/casia_atnn.yaml $MONITOR"
+  [casia-atnn]="configs/casia_atnn.yaml --seeds 3 $MONITOR"
   [casia-afnn]="configs/casia_afnn.yaml $MONITOR"
   [casia-atfnn-spknorm]="configs/casia_atfnn_spknorm.yaml $MONITOR"
   [casia-tfnn]="configs/casia_tfnn.yaml $MONITOR"
