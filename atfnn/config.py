@@ -97,6 +97,9 @@ class TrainConfig:
     # times DANN's ramp 2 / (1 + exp(-10 p)) - 1 over the training progress p; 0 = off. Training only: the kept
     # model is the plain network.
     speaker_adversarial: float = 0.0
+    # The speaker classifier's own learning rate (0 = train.lr). At the paper's 5e-4 and CASIA's ~16 steps per epoch a
+    # fresh classifier barely moves, so it never learns the speakers whose gradient it is meant to reverse.
+    adversary_lr: float = 0.0
     aggregate: str = "mean"  # segment posteriors -> utterance: mean | vote | max
     # Analysis only: also score the test speaker after every epoch into log.csv (test_war, test_uar), to see what a
     # protocol that picks the epoch on the test speaker would report. Never used for selection or early stopping.
@@ -285,6 +288,8 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(
             f"train.speaker_adversarial={config.train.speaker_adversarial} must be 0 (off) or positive (1 = DANN's)"
         )
+    if config.train.adversary_lr < 0:
+        raise ConfigError(f"train.adversary_lr={config.train.adversary_lr} must be 0 (= train.lr) or positive")
     if m.channels % m.heads:
         raise ConfigError(f"model.channels={m.channels} is not divisible by model.heads={m.heads}")
     if fe.segment_hop < 1 or fe.segment_hop > fe.segment_frames:

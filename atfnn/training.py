@@ -299,8 +299,10 @@ def _averaged_model(model: ATFNN, ema_epochs: float, steps_per_epoch: int) -> to
 
 def _optimizer(model: ATFNN, cfg: TrainConfig, adversary: nn.Module | None = None) -> torch.optim.Optimizer:
     cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    params = list(model.parameters()) + (list(adversary.parameters()) if adversary is not None else [])
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = [{"params": list(model.parameters())}]
+    if adversary is not None:
+        groups.append({"params": list(adversary.parameters()), "lr": cfg.adversary_lr or cfg.lr})
+    return cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _train_epoch(

@@ -265,3 +265,18 @@ def test_speaker_adversary_needs_two_speakers(tmp_path):
 def test_negative_speaker_adversarial_is_a_config_error():
     with pytest.raises(ConfigError, match="train.speaker_adversarial"):
         load_config(overrides=["train.speaker_adversarial=-0.5"])
+
+
+def test_adversary_gets_its_own_learning_rate():
+    from atfnn.model import build_model
+    from atfnn.training import SpeakerAdversary, _optimizer
+
+    model_cfg, same = tiny_cfgs("train.speaker_adversarial=1")
+    _, own = tiny_cfgs("train.speaker_adversarial=1", "train.adversary_lr=0.01")
+    model = build_model(model_cfg, 2)
+    adversary = SpeakerAdversary(model.embedding_size, 3)
+    assert [g["lr"] for g in _optimizer(model, same, adversary).param_groups] == [same.lr, same.lr]
+    assert [g["lr"] for g in _optimizer(model, own, adversary).param_groups] == [own.lr, 0.01]
+    assert len(_optimizer(model, own).param_groups) == 1
+    with pytest.raises(ConfigError, match="train.adversary_lr"):
+        load_config(overrides=["train.adversary_lr=-1"])
