@@ -1,11 +1,15 @@
-"""Shared fixtures: where the real corpora are, and skipping (or failing, in CI) when they are missing."""
+"""Shared fixtures: where the real corpora are, and skipping (or failing, in CI) when they are missing; importing a
+repository script (benchmarks/, scripts/) that is not part of the package."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ATFNN_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
 
 
@@ -28,3 +32,12 @@ def casia_root() -> Path:
 @pytest.fixture
 def emodb_root() -> Path:
     return corpus_root("emodb")
+
+
+def load_script(relative: str) -> ModuleType:
+    """Import a script of the repository by its path from the root, e.g. "benchmarks/run.py"."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location("atfnn_script_" + path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,21 +1,15 @@
 """benchmarks/run.py runs from a clean checkout and writes what docs/performance.md reads."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
-
-RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+from conftest import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("atfnn_bench_run", RUN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/run.py")
 
 
 @pytest.mark.slow
@@ -56,9 +50,7 @@ def test_autocast_benchmark_reports_ratios_against_the_reference(tmp_path, monke
 
 
 def test_profile_step_writes_a_table_per_precision(tmp_path):
-    spec = importlib.util.spec_from_file_location("atfnn_profile_step", RUN.parent / "profile_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks/profile_step.py")
     threads = torch.get_num_threads()
     try:
         written = module.main(["--precision", "fp32", "--batch", "2", "--rows", "5", "--out", str(tmp_path)])

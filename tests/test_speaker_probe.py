@@ -1,21 +1,10 @@
 """scripts/speaker_probe.py: the linear speaker probe finds what is there and nothing that is not."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "speaker_probe.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("speaker_probe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script
 
 
 def test_probe_reads_a_speaker_code_and_is_at_chance_without_one():
-    probe = load_script()
+    probe = load_script("scripts/speaker_probe.py")
     rng = np.random.default_rng(0)
     utterances, per_utt = 60, 3
     # Segments interleaved (utterance 0, 1, ..., 59, 0, 1, ...), as shuffled training data would be.
