@@ -81,8 +81,8 @@ def split_data(corpus: PreparedCorpus, uids: Sequence[str], device: torch.device
     if device is not None and device.type != "cpu":
         x = x.to(device)
     by_uid = {u.uid: u for u in corpus.utterances}
-    speakers = sorted({by_uid[uid].speaker for uid in uids})
-    utt_speaker = np.array([speakers.index(by_uid[uid].speaker) for uid in uids], dtype=np.int64)
+    speaker_index = {name: i for i, name in enumerate(sorted({by_uid[uid].speaker for uid in uids}))}
+    utt_speaker = np.array([speaker_index[by_uid[uid].speaker] for uid in uids], dtype=np.int64)
     return SplitData(
         x=x,
         y=corpus.seg_labels.index_select(0, rows),
