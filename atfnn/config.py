@@ -66,6 +66,10 @@ class ModelConfig:
     head: str = "linear"  # open: "input into the classifier" -> linear | mlp
     head_dropout: float = 0.0  # open
     afnn_pool: str = "mean"  # AFNN has no T-Encoder: the frequency encoding is averaged over time ("mean" | "max")
+    # Not in the paper: "speaker" standardises h' per speaker before the classifier (statistics of each speaker's
+    # segments in the batch when training, of all of a split's segments per speaker when evaluating; transductive like
+    # frontend.norm="speaker"). A prediction without a speaker group uses running estimates. "none" = the paper.
+    embedding_norm: str = "none"
 
 
 @dataclass
@@ -257,6 +261,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.conv_axis": ("frequency", "time"),
     "model.head": ("linear", "mlp"),
     "model.afnn_pool": ("mean", "max"),
+    "model.embedding_norm": ("none", "speaker"),
     "train.optimizer": ("adam", "adamw"),
     "train.select_metric": ("uar", "war", "loss"),
     "train.precision": ("fp32", "bf16", "fp16"),

@@ -13,6 +13,8 @@ Normalisation at prediction time: "utterance" uses the file's own per-band mean 
 std floored at 1e-5), as training did. "speaker" was trained with statistics pooled over each speaker's utterances;
 a prediction has no speaker group, so it falls back to the file's own statistics -- the same computation as
 "utterance". Expect some mismatch when one file is much shorter or less varied than a speaker's whole set.
+Likewise model.embedding_norm="speaker" standardises h' per speaker in training and evaluation; a prediction uses the
+running estimates kept in training (the mean over the training speakers), which do not remove a new voice's offset.
 
 Timeline: segment k covers frames [s_k, s_k + segment_frames) of the file, i.e. [s_k * hop / sr, (s_k + frames) *
 hop / sr) seconds, with the last end clipped to the file's duration. The first start is 0 and the last end is the

@@ -23,6 +23,9 @@ from atfnn.config import ModelConfig
 from atfnn.errors import ConfigError
 
 VARIANTS = ("atfnn", "tfnn", "afnn", "atnn")
+# model.embedding_norm="speaker": BatchNorm's epsilon and momentum for the per-speaker standardisation of h'.
+SPEAKER_NORM_EPS = 1e-5
+SPEAKER_NORM_MOMENTUM = 0.1
 # Which parts each network of Table III has: (F-Attention, F-Encoder, T-Attention, T-Encoder).
 PARTS = {
     "atfnn": (True, True, True, True),
@@ -182,6 +185,35 @@ class TEncoder(nn.Module):
         return torch.cat([h_n[-2], h_n[-1]], dim=1)
 
 
+class SpeakerNorm(nn.Module):
+    """Not in the paper: h' standardised per speaker, dimension by dimension (AdaBN, Li et al. 2016, with speakers
+    as domains). With `speakers` (one index per row), each speaker's rows use their own mean and population variance,
+    so what the classifier sees is h' relative to that voice's average; training also folds the mean of the speakers'
+    statistics into running estimates. Without `speakers` (one file at prediction time) the running estimates apply.
+    h (N, D) -> (N, D), in fp32."""
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.register_buffer("running_mean", torch.zeros(features))
+        self.register_buffer("running_var", torch.ones(features))
+
+    def forward(self, h: Tensor, speakers: Tensor | None = None) -> Tensor:
+        h = h.float()
+        if speakers is None:
+            return (h - self.running_mean) / torch.sqrt(self.running_var + SPEAKER_NORM_EPS)
+        groups = F.one_hot(speakers.to(h.device), int(speakers.max()) + 1).to(h.dtype)  # (N, S)
+        counts = groups.sum(dim=0)  # (S,); clamped below so absent speakers give 0, not 0/0, in either pass
+        mean = (groups.t() @ h) / counts.clamp(min=1)[:, None]  # (S, D)
+        centred = h - mean[speakers]
+        var = (groups.t() @ centred.square()) / counts.clamp(min=1)[:, None]
+        if self.training:
+            present = counts > 0
+            with torch.no_grad():
+                self.running_mean.lerp_(mean[present].mean(dim=0), SPEAKER_NORM_MOMENTUM)
+                self.running_var.lerp_(var[present].mean(dim=0), SPEAKER_NORM_MOMENTUM)
+        return centred / torch.sqrt(var[speakers] + SPEAKER_NORM_EPS)
+
+
 class ATFNN(nn.Module):
     """Eq. (4) plus a classifier: h' = Te(Fe(x ⊕ Fa(x)) ⊕ Ta(x)), logits = classifier(h'). Subclasses drop parts."""
 
@@ -201,6 +233,7 @@ class ATFNN(nn.Module):
         frame_size = cfg.n_mels * (c if has_fe else 1)
         self.t_encoder = TEncoder(frame_size, cfg.lstm_hidden, cfg.lstm_layers, cfg.lstm_dropout) if has_te else None
         self.embedding_size = 2 * cfg.lstm_hidden if has_te else frame_size
+        self.speaker_norm = SpeakerNorm(self.embedding_size) if cfg.embedding_norm == "speaker" else None
         self.classifier = _classifier(self.embedding_size, num_classes, cfg)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -210,7 +243,13 @@ class ATFNN(nn.Module):
     def forward_with_attention(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Logits and the attention maps of this pass, each (B, F, T) and broadcast over its groups (Fig. 6)."""
         h, maps = self.embed(x)
-        return self.classifier(h), maps
+        return self.classify(h), maps
+
+    def classify(self, h: Tensor, speakers: Tensor | None = None) -> Tensor:
+        """h' (B, embedding_size) -> logits; `speakers` (B,) groups the rows for model.embedding_norm="speaker"."""
+        if self.speaker_norm is not None:
+            h = self.speaker_norm(h, speakers)
+        return self.classifier(h)
 
     def embed(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The encoding the classifier reads, h' (B, embedding_size), and the attention maps of this pass."""

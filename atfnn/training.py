@@ -42,7 +42,7 @@ ADVERSARY_HIDDEN = 128
 @dataclass
 class SplitData:
     """Segments of one split: x (N, F, T) on the training device, y (N,) class indices, utt (N,) utterance index,
-    spk (N,) speaker index within the split (needed by the speaker adversary only)."""
+    spk (N,) speaker index within the split (needed by the speaker adversary and model.embedding_norm="speaker")."""
 
     x: Tensor
     y: Tensor
@@ -175,15 +175,22 @@ def _speaker_adversary(model: ATFNN, data: SplitData, weight: float, device: tor
 
 
 @torch.inference_mode()
-def predict_segments(model: ATFNN, x: Tensor, device: torch.device, precision: str = "fp32") -> np.ndarray:
-    """Softmax posteriors (N, n_classes) of segments, in batches."""
+def predict_segments(
+    model: ATFNN, x: Tensor, device: torch.device, precision: str = "fp32", speakers: Tensor | None = None
+) -> np.ndarray:
+    """Softmax posteriors (N, n_classes) of segments, in batches. With model.embedding_norm="speaker", `speakers`
+    (N,) groups the segments, and each group's h' is standardised with the statistics of all its segments."""
     model.eval()
+    if x.shape[0] == 0:
+        return np.zeros((0, model.num_classes), dtype=np.float32)
+    grouped = getattr(model, "speaker_norm", None) is not None and speakers is not None
     out = []
     for start in range(0, x.shape[0], EVAL_BATCH):
+        batch = x[start : start + EVAL_BATCH].to(device, non_blocking=True)
         with autocast(device, precision):
-            logits = model(x[start : start + EVAL_BATCH].to(device, non_blocking=True))
-        out.append(torch.softmax(logits.float(), dim=1).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, model.num_classes), dtype=np.float32)
+            out.append(model.embed(batch)[0].float() if grouped else model(batch).float())
+    logits = model.classify(torch.cat(out), speakers.to(device)) if grouped else torch.cat(out)
+    return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
 
 def evaluate(
@@ -191,7 +198,7 @@ def evaluate(
     method: str = "mean",
 ) -> dict:
     """Utterance-level scores from aggregated segment posteriors, plus the segment-level loss and accuracy."""
-    probs = predict_segments(model, split.x, device, precision)
+    probs = predict_segments(model, split.x, device, precision, split.spk)
     seg_uids = [split.uids[i] for i in split.utt]
     uids, utt_probs = aggregate(probs, seg_uids, method)
     index = {uid: i for i, uid in enumerate(split.uids)}
@@ -231,6 +238,11 @@ def train_fold(
     seed_everything(seed)
     model = build_model(model_cfg, len(labels)).to(device)
     adversary = _speaker_adversary(model, train, train_cfg.speaker_adversarial, device)
+    if model.speaker_norm is not None and train.spk is None:
+        raise ConfigError(
+            "model.embedding_norm='speaker' needs the training segments' speaker index (SplitData.spk); "
+            "set model.embedding_norm=none"
+        )
     optimizer = _optimizer(model, train_cfg, adversary)
     generator = torch.Generator().manual_seed(seed)
     weight = class_weights(train.y, len(labels)).to(device) if train_cfg.class_weighting else None
@@ -326,13 +338,15 @@ def _train_epoch(
             x = spec_augment(x, generator)
         speaker_loss = None
         with autocast(device, cfg.precision):
-            if adversary is None:
+            if adversary is None and model.speaker_norm is None:
                 logits = model(x)
             else:
                 h, _ = model.embed(x)
-                logits = model.classifier(h)
-                progress_now = (epoch + step / len(batches)) / max_epochs
-                speaker_logits = adversary(h, adversarial_scale(cfg.speaker_adversarial, progress_now))
+                speakers = data.spk[idx].to(device, non_blocking=True) if model.speaker_norm is not None else None
+                logits = model.classify(h, speakers)
+                if adversary is not None:
+                    progress_now = (epoch + step / len(batches)) / max_epochs
+                    speaker_logits = adversary(h, adversarial_scale(cfg.speaker_adversarial, progress_now))
         loss = F.cross_entropy(logits.float(), y, weight=weight)
         if adversary is not None:
             speaker_loss = F.cross_entropy(speaker_logits.float(), data.spk[idx].to(device, non_blocking=True))

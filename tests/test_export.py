@@ -128,3 +128,19 @@ def test_parity_on_casia_default_size(variant, casia_root, tmp_path):
     np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
     assert np.abs(expected).max() > 10 * ATOL  # the logits are not all ~0, so the tolerance means something
     assert VERIFY_ATOL == ATOL
+
+
+def test_export_of_a_speaker_normalised_model_applies_its_running_estimates(tmp_path):
+    config = ModelConfig(lstm_hidden=16, lstm_layers=1, embedding_norm="speaker")
+    torch.manual_seed(0)
+    model = atfnn.build_model(config, len(LABELS)).eval()
+    model.speaker_norm.running_mean.uniform_(-1, 1)
+    model.speaker_norm.running_var.uniform_(0.5, 2)
+    model_dir = save_model(model, LABELS, FrontEndConfig(), tmp_path / "m", {"corpus": "test"})
+    path = export_onnx(model_dir, tmp_path / "m.onnx")  # verifies against PyTorch itself
+    x = torch.randn(4, 80, 128) * 3 - 6
+    with torch.no_grad():
+        expected = model(x).numpy()
+        identity = model.classifier(model.embed(x)[0]).numpy()
+    np.testing.assert_allclose(session(path).run(None, {INPUT_NAME: x.numpy()})[0], expected, atol=ATOL)
+    assert not np.allclose(expected, identity, atol=1e-3)  # the estimates do change the logits

@@ -6,7 +6,9 @@ import torch
 
 from atfnn.config import ModelConfig
 from atfnn.errors import ConfigError
-from atfnn.model import AFNN, ATFNN, ATNN, PARTS, TFNN, FAttention, FEncoder, TAttention, TEncoder, build_model, count_parameters
+from atfnn.model import (
+    AFNN, ATFNN, ATNN, PARTS, TFNN, FAttention, FEncoder, SpeakerNorm, TAttention, TEncoder, build_model, count_parameters,
+)
 
 B, F, T, C = 2, 80, 128, 8
 # Default ATFNN with 6 classes (CASIA): stated in docs/model.md; a change here is a change of architecture.
@@ -168,3 +170,50 @@ def test_bf16_autocast_runs_the_scalar_attention_in_fp32_and_stays_close_to_fp32
     assert autocast_seen == [False, False], "the attention over raw log-Mel products must not run in bf16"
     assert mixed.dtype == torch.bfloat16  # the rest (convolutions, Bi-LSTM, classifier) does
     assert torch.allclose(mixed.float(), full, atol=0.02 * full.abs().max().item())
+
+
+# --- model.embedding_norm="speaker" (not in the paper) -------------------------------------------------------------
+
+def test_speaker_norm_standardises_each_speaker_with_its_own_statistics():
+    norm = SpeakerNorm(4)
+    h = torch.randn(9, 4) * torch.tensor([1.0, 3.0, 0.5, 2.0]) + torch.tensor([5.0, -2.0, 0.0, 1.0])
+    speakers = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1, 1])
+    z = norm(h, speakers)
+    for s in (0, 1):
+        rows = h[speakers == s]
+        expected = (rows - rows.mean(0)) / torch.sqrt(rows.var(0, unbiased=False) + 1e-5)
+        torch.testing.assert_close(z[speakers == s], expected)
+    moved = h.clone()
+    moved[speakers == 1] = moved[speakers == 1] * 7 + 3  # another voice for speaker 1 only
+    torch.testing.assert_close(norm(moved, speakers)[speakers == 0], z[speakers == 0])
+    torch.testing.assert_close(norm(moved, speakers)[speakers == 1], z[speakers == 1], atol=1e-4, rtol=1e-4)
+
+
+def test_speaker_norm_gradients_stay_finite_when_a_speaker_index_is_absent():
+    norm = SpeakerNorm(3)
+    h = torch.randn(4, 3, requires_grad=True)
+    norm(h, torch.tensor([0, 0, 2, 2])).pow(2).sum().backward()  # speaker 1 has no row in this batch
+    assert torch.isfinite(h.grad).all()
+
+
+def test_speaker_norm_running_estimates_update_in_training_only_and_serve_ungrouped_input():
+    norm = SpeakerNorm(2)
+    h = torch.tensor([[1.0, 2.0], [3.0, 2.0], [10.0, 0.0], [12.0, 4.0]])
+    speakers = torch.tensor([0, 0, 1, 1])
+    norm.train()
+    norm(h, speakers)
+    # Speaker means (2, 2) and (11, 2), variances (1, 0) and (1, 4); their averages move the estimates by 10 %.
+    torch.testing.assert_close(norm.running_mean, torch.tensor([0.65, 0.2]))
+    torch.testing.assert_close(norm.running_var, torch.tensor([1.0, 0.9 + 0.1 * 2.0]))
+    norm.eval()
+    norm(h * 5, speakers)
+    torch.testing.assert_close(norm.running_mean, torch.tensor([0.65, 0.2]))
+    expected = (h - norm.running_mean) / torch.sqrt(norm.running_var + 1e-5)
+    torch.testing.assert_close(norm(h), expected)
+
+
+def test_embedding_norm_is_off_by_default_and_adds_only_its_running_estimates():
+    plain, normed = build_model(ModelConfig(), 6), build_model(ModelConfig(embedding_norm="speaker"), 6)
+    assert plain.speaker_norm is None
+    assert set(normed.state_dict()) - set(plain.state_dict()) == {"speaker_norm.running_mean", "speaker_norm.running_var"}
+    assert count_parameters(normed) == count_parameters(plain) == ATFNN_PARAMETERS_6_CLASSES

@@ -280,3 +280,44 @@ def test_adversary_gets_its_own_learning_rate():
     assert len(_optimizer(model, own).param_groups) == 1
     with pytest.raises(ConfigError, match="train.adversary_lr"):
         load_config(overrides=["train.adversary_lr=-1"])
+
+
+# --- per-speaker standardisation of h' (model.embedding_norm) ------------------------------------------------------
+
+def test_predict_segments_standardises_each_speaker_over_all_its_segments_not_per_batch(monkeypatch):
+    from atfnn import training
+
+    model_cfg, _ = tiny_cfgs("model.embedding_norm=speaker")
+    torch.manual_seed(0)
+    model = training.build_model(model_cfg, len(LABELS)).eval()
+    data = speaker_split(10)
+    monkeypatch.setattr(training, "EVAL_BATCH", 3)  # statistics must span the batches
+    probs = training.predict_segments(model, data.x, torch.device("cpu"), speakers=data.spk)
+    with torch.no_grad():
+        h, _ = model.embed(data.x)
+        expected = torch.softmax(model.classify(h, data.spk), dim=1).numpy()
+        ungrouped = torch.softmax(model(data.x), dim=1).numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+    assert not np.allclose(probs, ungrouped, atol=1e-3)  # without speakers: the running estimates
+
+
+def test_embedding_norm_trains_on_speaker_groups_and_resumes_exactly(tmp_path):
+    from atfnn.training import train_fold
+
+    model_cfg, train_cfg = tiny_cfgs("model.embedding_norm=speaker")
+    data, cpu = speaker_split(), torch.device("cpu")
+    straight = train_fold(model_cfg, train_cfg, LABELS, data, None, tmp_path / "a", 0, cpu, epochs=3, progress=False)
+    assert not torch.equal(straight.model.speaker_norm.running_mean, torch.zeros(16))  # estimates were updated
+    train_fold(model_cfg, train_cfg, LABELS, data, None, tmp_path / "b", 0, cpu, epochs=1, progress=False)
+    resumed = train_fold(model_cfg, train_cfg, LABELS, data, None, tmp_path / "b", 0, cpu, epochs=3, progress=False)
+    for name, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], value)
+
+
+def test_embedding_norm_needs_the_speaker_index(tmp_path):
+    from atfnn.training import train_fold
+
+    model_cfg, train_cfg = tiny_cfgs("model.embedding_norm=speaker")
+    with pytest.raises(ConfigError, match="embedding_norm"):
+        train_fold(model_cfg, train_cfg, LABELS, tiny_split(), None, tmp_path, 0, torch.device("cpu"), epochs=1,
+                   progress=False)
