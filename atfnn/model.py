@@ -198,7 +198,11 @@ class SpeakerNorm(nn.Module):
         self.register_buffer("running_var", torch.ones(features))
 
     def forward(self, h: Tensor, speakers: Tensor | None = None) -> Tensor:
-        h = h.float()
+        # Statistics in fp32 even under bf16 autocast, which would round the matrix products below to 8 bits.
+        with torch.autocast(h.device.type, enabled=False):
+            return self._standardise(h.float(), speakers)
+
+    def _standardise(self, h: Tensor, speakers: Tensor | None) -> Tensor:
         if speakers is None:
             return (h - self.running_mean) / torch.sqrt(self.running_var + SPEAKER_NORM_EPS)
         groups = F.one_hot(speakers.to(h.device), int(speakers.max()) + 1).to(h.dtype)  # (N, S)

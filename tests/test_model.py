@@ -217,3 +217,13 @@ def test_embedding_norm_is_off_by_default_and_adds_only_its_running_estimates():
     assert plain.speaker_norm is None
     assert set(normed.state_dict()) - set(plain.state_dict()) == {"speaker_norm.running_mean", "speaker_norm.running_var"}
     assert count_parameters(normed) == count_parameters(plain) == ATFNN_PARAMETERS_6_CLASSES
+
+
+def test_speaker_norm_statistics_stay_fp32_under_bf16_autocast():
+    norm = SpeakerNorm(8)
+    h = (torch.randn(12, 8) * 3 + 100).bfloat16()  # a large offset: bf16 statistics would be off by ~0.4
+    speakers = torch.arange(12) % 2
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = norm(h, speakers)
+    assert z.dtype == torch.float32
+    torch.testing.assert_close(z, norm(h.float(), speakers))
