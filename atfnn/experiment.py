@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from atfnn import features as feats
+from atfnn import kernels
 from atfnn.checkpoint import save_model
 from atfnn.config import ExperimentConfig, from_dict, save_config
 from atfnn.corpora import Utterance, load_corpus
@@ -137,6 +138,7 @@ def run_experiment(
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     device = resolve_device(config.train.device)
+    log(f"device {device}; F-Encoder ops: {kernels.status()}")
     corpus = prepare_corpus(config, progress=progress, log=log)
     all_folds = make_folds(
         corpus.utterances, config.protocol.kind, config.protocol.validation, config.protocol.val_fraction,
@@ -241,6 +243,7 @@ def run_fold(
         "seconds": round(time.perf_counter() - began, 1),
         # The process's peak so far: with --jobs, this fold's worker; serially, the largest fold up to this one.
         "peak_rss_mib": round(peak_rss_mib(), 1),
+        "f_encoder_ops": kernels.status(),  # fused C kernels or torch ops (atfnn/kernels; same function)
     }
     atomic_write_text(fold_dir / DONE, json.dumps(done, indent=2) + "\n")
     (fold_dir / "last.pt").unlink(missing_ok=True)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from atfnn import kernels
 from atfnn.config import ModelConfig
 from atfnn.errors import ConfigError
 
@@ -90,8 +91,12 @@ def _scalar_self_attention(x: Tensor, embed: nn.Linear, attention: nn.MultiheadA
     # Centring the keys leaves the softmax unchanged and keeps the products a·x small (better fp32 rounding);
     # the centre is a constant for autograd, which is exact because the result does not depend on it.
     centre = x.mean(dim=1, keepdim=True).detach()
-    keys = (x - centre)[:, None, :, None].expand(n, heads, f, 1)
-    m = F.scaled_dot_product_attention(queries.unsqueeze(-1), keys, keys, scale=1.0).squeeze(-1)  # (N, H, F)
+    keys = x - centre  # (N, F)
+    if kernels.usable(queries, keys):
+        m = kernels.scalar_attention(queries, keys)  # (N, H, F)
+    else:
+        k = keys[:, None, :, None].expand(n, heads, f, 1)
+        m = F.scaled_dot_product_attention(queries.unsqueeze(-1), k, k, scale=1.0).squeeze(-1)  # (N, H, F)
     m = m + centre[:, None, :]
     # Output projection of [m_in u_v + p_v]_n: m (N, F, H) @ Z (H, C) + z0.
     w_o = attention.out_proj.weight.view(c, heads, d)  # columns grouped by head
@@ -124,11 +129,17 @@ class FEncoder(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             tokens = x.to(self.embed.weight.dtype).transpose(1, 2).reshape(b * t, f)  # F scalars per frame
             h = self.embed(tokens.unsqueeze(-1))  # (B*T, F, C)
-            h = self.norm1(h + self.dropout(self._attend(tokens, h)))
+            h = self._add_norm(h, self._attend(tokens, h), self.norm1)
         y = self._convolve(h.view(b, t, f, -1)).reshape(b * t, f, -1)
         with torch.autocast(x.device.type, enabled=False):
-            h = self.norm2(h + self.dropout(y.to(h.dtype)))
+            h = self._add_norm(h, y.to(h.dtype), self.norm2)
         return h.view(b, t, f, -1)  # (B, T, F, C)
+
+    def _add_norm(self, h: Tensor, y: Tensor, norm: nn.LayerNorm) -> Tensor:
+        """norm(h + dropout(y)): one fused pass on fp32 CPU tensors (atfnn.kernels), else the torch layers."""
+        if kernels.usable(h, y):
+            return kernels.add_dropout_norm(h, y, norm, self.dropout.p if self.training else 0.0)
+        return norm(h + self.dropout(y))
 
     def _attend(self, tokens: Tensor, h: Tensor) -> Tensor:
         # Dropout on the attention weights breaks "weights sum to one", which the shortcut relies on.

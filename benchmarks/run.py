@@ -17,6 +17,8 @@ What is measured (docs/performance.md explains each):
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import datetime as _dt
 import importlib.util
 import json
@@ -36,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from atfnn import audio  # noqa: E402
+from atfnn import audio, kernels  # noqa: E402
 from atfnn.config import FrontEndConfig, ModelConfig  # noqa: E402
 from atfnn.model import VARIANTS, build_model  # noqa: E402
 from atfnn.runtime import cpu_count, tune_allocator  # noqa: E402
@@ -80,23 +82,27 @@ def batch(size: int = BATCH, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]
     return x, torch.randint(0, N_CLASSES, (size,), generator=g)
 
 
-def train_step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None = None):
-    """A closure running one training step (forward, cross-entropy, backward, Adam), as atfnn.training does."""
+def train_step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None = None,
+                  fused: bool = True):
+    """A closure running one training step (forward, cross-entropy, backward, Adam), as atfnn.training does;
+    fused=False runs the optimised model on torch ops instead of atfnn.kernels."""
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
 
     def step() -> None:
-        if dtype is None:
-            logits = model(x)
-        else:
-            with torch.autocast("cpu", dtype=dtype):
+        with contextlib.nullcontext() if fused else kernels.disabled():
+            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 logits = model(x)
-        loss = torch.nn.functional.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+            loss = torch.nn.functional.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         optimizer.step()
 
     return step
+
+
+def fused_available() -> bool:
+    return kernels.usable(torch.zeros(1))
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -136,16 +142,25 @@ def bench_training(reference, variants: list[str], repeats: int, with_reference:
     for variant in variants:
         model, ref = model_pair(variant, reference)
         fns = {"optimised": train_step_fn(model, x, y)}
+        if fused_available():  # the same model without atfnn.kernels: what the fused kernels add
+            fns["optimised_torch_ops"] = train_step_fn(copy.deepcopy(model), x, y, fused=False)
         if with_reference:
             fns["reference"] = train_step_fn(ref, x, y)
         times = interleaved(fns, repeats)
         row = {name: summary(t, BATCH) for name, t in times.items()}
-        if with_reference:
-            row["speedup"] = round(row["reference"]["median_s"] / row["optimised"]["median_s"], 2)
+        _ratios(row)
         out[variant] = row
         log(f"train {variant}: " + ", ".join(f"{k} {v['per_s']} seg/s" for k, v in row.items() if isinstance(v, dict))
             + (f", x{row['speedup']}" if with_reference else ""))
     return out
+
+
+def _ratios(row: dict) -> None:
+    """Speed-ups of the optimised model over the reference and over itself on torch ops, where both ran."""
+    if "reference" in row:
+        row["speedup"] = round(row["reference"]["median_s"] / row["optimised"]["median_s"], 2)
+    if "optimised_torch_ops" in row:
+        row["kernels_speedup"] = round(row["optimised_torch_ops"]["median_s"] / row["optimised"]["median_s"], 2)
 
 
 def bench_inference(reference, variants: list[str], repeats: int, with_reference: bool) -> dict:
@@ -153,20 +168,21 @@ def bench_inference(reference, variants: list[str], repeats: int, with_reference
     out = {}
     for variant in variants:
         model, ref = model_pair(variant, reference)
-        models = {"optimised": model.eval()}
+        models = {"optimised": (model.eval(), True)}
+        if fused_available():
+            models["optimised_torch_ops"] = (model, False)
         if with_reference:
-            models["reference"] = ref.eval()
+            models["reference"] = (ref.eval(), True)
 
-        def forward(m):
+        def forward(m, fused):
             def run():
-                with torch.inference_mode():
+                with torch.inference_mode(), contextlib.nullcontext() if fused else kernels.disabled():
                     m(x)
             return run
 
-        times = interleaved({k: forward(m) for k, m in models.items()}, repeats)
+        times = interleaved({k: forward(*v) for k, v in models.items()}, repeats)
         row = {name: summary(t, INFERENCE_BATCH) for name, t in times.items()}
-        if with_reference:
-            row["speedup"] = round(row["reference"]["median_s"] / row["optimised"]["median_s"], 2)
+        _ratios(row)
         out[variant] = row
         log(f"inference {variant}: " + ", ".join(f"{k} {v['per_s']} seg/s" for k, v in row.items() if isinstance(v, dict)))
     return out
@@ -204,9 +220,13 @@ def bench_autocast(reference, repeats: int) -> dict:
     steps = {}
     # fp16 autocast is CUDA-only in atfnn (train.precision), and the reference in bf16 (minutes per repeat where
     # bf16 is emulated) adds nothing to the question "how much faster is bf16 training than fp32".
-    for key, m, dtype in (("optimised_fp32", model, None), ("reference_fp32", ref, None),
-                          ("optimised_bf16", model, torch.bfloat16)):
-        step = train_step_fn(m, x, y, dtype)
+    runs = [("optimised_fp32", model, None, True), ("reference_fp32", ref, None, True),
+            ("optimised_bf16", model, torch.bfloat16, True)]
+    if fused_available():  # the optimised model on torch ops, to show what atfnn.kernels adds in each precision
+        runs += [("optimised_fp32_torch_ops", copy.deepcopy(model), None, False),
+                 ("optimised_bf16_torch_ops", copy.deepcopy(model), torch.bfloat16, False)]
+    for key, m, dtype, fused in runs:
+        step = train_step_fn(m, x, y, dtype, fused)
         try:
             step()  # warm-up, and a check that this build supports it
             steps[key] = step
@@ -227,6 +247,10 @@ def bench_autocast(reference, repeats: int) -> dict:
             out["optimised_bf16"]["per_s"] / out["optimised_fp32"]["per_s"], 2)
         log(f"autocast: optimised bf16 / reference fp32 x{out['ratio_optimised_bf16_to_reference_fp32']}, "
             f"/ optimised fp32 x{out['ratio_optimised_bf16_to_optimised_fp32']}")
+    for precision in ("fp32", "bf16"):
+        fused, plain = f"optimised_{precision}", f"optimised_{precision}_torch_ops"
+        if fused in times and plain in times:
+            out[f"ratio_{fused}_to_{plain}"] = round(out[fused]["per_s"] / out[plain]["per_s"], 2)
     return out
 
 
@@ -470,7 +494,7 @@ def machine_info(threads: int) -> dict:
         "hostname": platform.node(), "cpu_model": cpu, "logical_cpus": os.cpu_count(),
         "torch_threads": threads, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_flags": cpu_flags(),
-        "mkldnn": torch.backends.mkldnn.is_available(), "versions": versions,
+        "mkldnn": torch.backends.mkldnn.is_available(), "kernels": kernels.status(), "versions": versions,
         "load_average_start": list(os.getloadavg()),
     }
 
@@ -489,15 +513,20 @@ def write_markdown(results: dict, path: Path) -> None:
         f"{', '.join(f'{v:.2f}' for v in info.get('load_average_end', []))} (other processes skew timings)",
         f"- Timing: batch {BATCH}, {results['repeats']} timed repeat(s) after 1 warm-up, median; optimised and "
         "reference interleaved in one process, same weights.",
-        f"- glibc allocator: {results['malloc']} (`--malloc`; tuned = keep freed memory, see atfnn/runtime.py)", "",
+        f"- glibc allocator: {results['malloc']} (`--malloc`; tuned = keep freed memory, see atfnn/runtime.py)",
+        f"- F-Encoder kernels of the optimised model: {info.get('kernels', '-')} (atfnn/kernels; the 'torch ops' "
+        "column is the same model without them)", "",
     ]
 
     def table(title: str, rows: dict, unit: str) -> None:
-        lines.extend([f"## {title}", "", f"| variant | optimised ({unit}) | reference ({unit}) | speed-up |",
-                      "|---|---|---|---|"])
+        lines.extend([f"## {title}", "", f"| variant | optimised ({unit}) | optimised, torch ops ({unit}) | "
+                      f"reference ({unit}) | speed-up over the reference | fused kernels' speed-up |",
+                      "|---|---|---|---|---|---|"])
         for variant, row in rows.items():
+            plain = row.get("optimised_torch_ops", {}).get("per_s", "-")
             ref = row.get("reference", {}).get("per_s", "-")
-            lines.append(f"| {variant} | {row['optimised']['per_s']} | {ref} | {row.get('speedup', '-')} |")
+            lines.append(f"| {variant} | {row['optimised']['per_s']} | {plain} | {ref} | {row.get('speedup', '-')} | "
+                         f"{row.get('kernels_speedup', '-')} |")
         lines.append("")
 
     if "training" in results:

@@ -1,9 +1,12 @@
 """The network of section II, checked against the paper's definitions."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
+from atfnn import kernels
 from atfnn.config import ModelConfig
 from atfnn.errors import ConfigError
 from atfnn.model import (
@@ -149,25 +152,30 @@ def test_softmax_attention_sums_to_one_over_groups():
     assert torch.allclose(w.sum(dim=1), torch.ones(B, T), atol=1e-5)
 
 
-def test_bf16_autocast_runs_the_scalar_attention_in_fp32_and_stays_close_to_fp32(monkeypatch):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-kernels", "torch-ops"])
+def test_bf16_autocast_runs_the_scalar_attention_in_fp32_and_stays_close_to_fp32(monkeypatch, fused):
     import atfnn.model as model_module
 
-    real_sdpa = model_module.F.scaled_dot_product_attention
+    if fused and not kernels.usable(torch.zeros(1)):
+        pytest.skip(f"fused kernels unavailable: {kernels.status()}")
     autocast_seen = []
 
-    def spy(*args, **kwargs):
-        autocast_seen.append(torch.is_autocast_enabled("cpu"))
-        return real_sdpa(*args, **kwargs)
+    def spy(real):
+        def call(*args, **kwargs):
+            autocast_seen.append((torch.is_autocast_enabled("cpu"), args[0].dtype))
+            return real(*args, **kwargs)
+        return call
 
-    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", spy(torch.nn.functional.scaled_dot_product_attention))
+    monkeypatch.setattr(model_module.kernels, "scalar_attention", spy(kernels.scalar_attention))
     torch.manual_seed(0)
     model = build_model(ModelConfig(), 4).eval()
     x = torch.randn(2, 80, 128) * 3 - 6
-    with torch.no_grad():
+    with torch.no_grad(), (contextlib.nullcontext() if fused else kernels.disabled()):
         full = model(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             mixed = model(x)
-    assert autocast_seen == [False, False], "the attention over raw log-Mel products must not run in bf16"
+    assert autocast_seen == [(False, torch.float32)] * 2, "the attention over raw log-Mel products must not run in bf16"
     assert mixed.dtype == torch.bfloat16  # the rest (convolutions, Bi-LSTM, classifier) does
     assert torch.allclose(mixed.float(), full, atol=0.02 * full.abs().max().item())
 

@@ -1,4 +1,5 @@
-"""The optimised atfnn.model computes the same function as the plain reference (benchmarks/reference_model.py).
+"""The optimised atfnn.model computes the same function as the plain reference (benchmarks/reference_model.py),
+with the fused CPU kernels (atfnn.kernels) and without them.
 
 Same state_dict in both; logits, attention maps and the gradient of every parameter (and of the input) are compared.
 - float64: optimised and reference agree to 1e-10 (the reformulations are exact algebra; only rounding is left).
@@ -10,11 +11,13 @@ Same state_dict in both; logits, attention maps and the gradient of every parame
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from atfnn import kernels
 from atfnn.config import ModelConfig
 from atfnn.model import VARIANTS, build_model
 
@@ -36,6 +39,20 @@ def _reference():
 @pytest.fixture(scope="module")
 def reference():
     return _reference()
+
+
+@pytest.fixture(autouse=True, params=["fused-kernels", "torch-ops"])
+def kernel_path(request):
+    """Every comparison runs twice: with atfnn.kernels (the default on a CPU) and on torch ops alone."""
+    if request.param == "torch-ops":
+        with kernels.disabled():
+            yield request.param
+        return
+    if not kernels.usable(torch.zeros(1)):
+        if os.environ.get("ATFNN_REQUIRE_KERNELS") == "1":
+            pytest.fail(f"fused kernels required but unavailable: {kernels.status()}")
+        pytest.skip(f"fused kernels unavailable: {kernels.status()}")
+    yield request.param
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,302 @@
+/* Fused CPU kernels of the F-Encoder (atfnn/kernels/__init__.py loads them with ctypes; docs/performance.md).
+ *
+ * 1. Scalar self-attention: for each frame (N), head (H) and query i, m_i = sum_j p_ij x_j with
+ *    p_ij = softmax_j(a_i x_j) over the F keys x_j; forward, and the backward from the saved row maximum and
+ *    1 / (sum of exponentials), recomputing p instead of storing N*H*F*F weights.
+ * 2. Add, dropout and LayerNorm over C channels: out = LN(h + drop(y)), with the mask from a counter-based hash,
+ *    which the backward pass regenerates instead of storing.
+ *
+ * Plain C99 that compilers vectorise (no intrinsics); one call handles a contiguous range of rows, and the Python
+ * side splits the rows over threads (ctypes releases the GIL).
+ */
+#include <math.h>
+#include <stdint.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+/* Flush denormals to zero: exp of very negative logits times x would otherwise hit the slow denormal path. */
+#define FTZ_BEGIN unsigned int saved_csr = _mm_getcsr(); _mm_setcsr(saved_csr | 0x8040);
+#define FTZ_END _mm_setcsr(saved_csr);
+#else
+#define FTZ_BEGIN
+#define FTZ_END
+#endif
+
+#define MAX_KEYS 1024 /* bands per frame */
+#define MAX_CHANNELS 64 /* channels per LayerNorm row */
+
+/* exp(t) for t <= 0 (larger t is clamped to the representable range below): t = n ln2 + r, |r| <= ln2/2, exp(r)
+ * by Cephes' degree-5 polynomial (about 1 ulp), 2^n by the exponent bits. Branch-free so that loops vectorise. */
+static inline float exp_nonpositive(float t) {
+    t = t < -87.0f ? -87.0f : t;
+    float n = (t * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest via 1.5 * 2^23 */
+    float r = t - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { int32_t i; float f; } scale = {.i = ((int32_t)n + 127) << 23};
+    return p * scale.f;
+}
+
+/* Queries are processed LANES at a time, vectorised across queries, with the keys of the frame in an outer loop:
+ * no horizontal sums inside the loops, and the per-query constants stay in registers. */
+#define LANES 16
+
+static inline __attribute__((always_inline)) void attention_forward_impl(
+    int64_t frame0, int64_t frames, int64_t heads, int64_t f, const float *a, const float *x, float *m,
+    float *row_max, float *row_inv_sum) {
+    int64_t nq = heads * f;
+    for (int64_t b = frame0; b < frame0 + frames; b++) {
+        const float *xb = x + b * f;
+        float xmax = xb[0], xmin = xb[0];
+        for (int64_t j = 1; j < f; j++) {
+            xmax = xb[j] > xmax ? xb[j] : xmax;
+            xmin = xb[j] < xmin ? xb[j] : xmin;
+        }
+        for (int64_t q0 = 0; q0 < nq; q0 += LANES) {
+            int64_t base = b * nq + q0, width = nq - q0 < LANES ? nq - q0 : LANES;
+            float av[LANES], mx[LANES], s0[LANES], s1[LANES];
+            for (int l = 0; l < LANES; l++) {
+                av[l] = l < width ? a[base + l] : 0.0f;
+                mx[l] = av[l] >= 0.0f ? av[l] * xmax : av[l] * xmin; /* the largest logit a_i x_j, without a pass */
+                s0[l] = s1[l] = 0.0f;
+            }
+            for (int64_t j = 0; j < f; j++) {
+                float xj = xb[j];
+#pragma omp simd
+                for (int l = 0; l < LANES; l++) {
+                    float e = exp_nonpositive(av[l] * xj - mx[l]);
+                    s0[l] += e;
+                    s1[l] += e * xj;
+                }
+            }
+            for (int l = 0; l < width; l++) {
+                float inv = 1.0f / s0[l];
+                m[base + l] = s1[l] * inv;
+                row_max[base + l] = mx[l];
+                row_inv_sum[base + l] = inv;
+            }
+        }
+    }
+}
+
+/* Frames [frame0, frame0 + frames) of a (N, heads, f) queries and x (N, f) keys = values -> m (N, heads, f),
+ * and the row maxima and inverse sums that the backward needs. */
+void atfnn_attention_forward(int64_t frame0, int64_t frames, int64_t heads, int64_t f, const float *a,
+                             const float *x, float *m, float *row_max, float *row_inv_sum) {
+    FTZ_BEGIN
+    if (f == 80) /* the paper's 80 bands: a constant trip count unrolls the inner loops */
+        attention_forward_impl(frame0, frames, heads, 80, a, x, m, row_max, row_inv_sum);
+    else
+        attention_forward_impl(frame0, frames, heads, f, a, x, m, row_max, row_inv_sum);
+    FTZ_END
+}
+
+static inline __attribute__((always_inline)) void attention_backward_impl(
+    int64_t frame0, int64_t frames, int64_t heads, int64_t f, const float *a, const float *x, const float *m,
+    const float *row_max, const float *row_inv_sum, const float *grad_m, float *grad_a, float *grad_x) {
+    int64_t nq = heads * f;
+    /* Per key and lane: sum over this lane's queries of c0 p and c1 p; summed over the lanes once per frame. */
+    float acc_p[MAX_KEYS][LANES], acc_px[MAX_KEYS][LANES];
+    for (int64_t b = frame0; b < frame0 + frames; b++) {
+        const float *xb = x + b * f;
+        for (int64_t j = 0; j < f; j++)
+            for (int l = 0; l < LANES; l++) acc_p[j][l] = acc_px[j][l] = 0.0f;
+        for (int64_t q0 = 0; q0 < nq; q0 += LANES) {
+            int64_t base = b * nq + q0, width = nq - q0 < LANES ? nq - q0 : LANES;
+            float av[LANES], mx[LANES], inv[LANES], mi[LANES], c0[LANES], c1[LANES], var[LANES];
+            for (int l = 0; l < LANES; l++) {
+                int in = l < width; /* lanes past the last query get g = 0, so they add nothing */
+                float gi = in ? grad_m[base + l] : 0.0f;
+                av[l] = in ? a[base + l] : 0.0f;
+                mx[l] = in ? row_max[base + l] : 0.0f;
+                inv[l] = in ? row_inv_sum[base + l] : 0.0f;
+                mi[l] = in ? m[base + l] : 0.0f;
+                /* dm_i/dx_k = p_ik (1 + a_i (x_k - m_i)) = p_ik c0 / g + p_ik x_k c1 / g */
+                c0[l] = gi * (1.0f - av[l] * mi[l]);
+                c1[l] = gi * av[l];
+                var[l] = 0.0f;
+            }
+            for (int64_t j = 0; j < f; j++) {
+                float xj = xb[j];
+#pragma omp simd
+                for (int l = 0; l < LANES; l++) {
+                    float p = exp_nonpositive(av[l] * xj - mx[l]) * inv[l];
+                    float d = xj - mi[l];
+                    var[l] += p * d * d;
+                    acc_p[j][l] += c0[l] * p;
+                    acc_px[j][l] += c1[l] * p;
+                }
+            }
+            for (int l = 0; l < width; l++) grad_a[base + l] = grad_m[base + l] * var[l]; /* dm_i/da_i = Var_p(x) */
+        }
+        for (int64_t j = 0; j < f; j++) {
+            float sp = 0.0f, spx = 0.0f;
+            for (int l = 0; l < LANES; l++) {
+                sp += acc_p[j][l];
+                spx += acc_px[j][l];
+            }
+            grad_x[b * f + j] = sp + xb[j] * spx;
+        }
+    }
+}
+
+void atfnn_attention_backward(int64_t frame0, int64_t frames, int64_t heads, int64_t f, const float *a,
+                              const float *x, const float *m, const float *row_max, const float *row_inv_sum,
+                              const float *grad_m, float *grad_a, float *grad_x) {
+    FTZ_BEGIN
+    if (f == 80)
+        attention_backward_impl(frame0, frames, heads, 80, a, x, m, row_max, row_inv_sum, grad_m, grad_a, grad_x);
+    else
+        attention_backward_impl(frame0, frames, heads, f, a, x, m, row_max, row_inv_sum, grad_m, grad_a, grad_x);
+    FTZ_END
+}
+
+/* 32 random bits for element k of a call: Wellons' lowbias32 hash of k under a seeded affine map. Counter-based:
+ * the backward pass regenerates the mask instead of storing it, and the mask of an element does not depend on
+ * how the rows are split over threads. k < 2^32 (atfnn/kernels checks the size). */
+static inline uint32_t mask_bits(uint32_t seed_mul, uint32_t seed_add, uint32_t k) {
+    uint32_t v = k * seed_mul + seed_add; /* seed_mul is odd: a bijection of k, another one for each call */
+    v ^= v >> 16;
+    v *= 0x7FEB352Du;
+    v ^= v >> 15;
+    v *= 0x846CA68Bu;
+    v ^= v >> 16;
+    return v;
+}
+
+/* LayerNorm rows are short (c = 8), so the loops run over ROWS rows at a time, vectorised across rows (strided
+ * loads and stores) with the channel loops unrolled; one row at a time would leave all vector lanes but one idle in
+ * the mean and the variance. */
+#define ROWS 16
+#define SUM_BLOCK 256
+/* Channel loops must unroll completely (c is a constant in the c = 8 specialisations) for the row loop to vectorise. */
+#define UNROLL _Pragma("GCC unroll 64")
+
+static inline __attribute__((always_inline)) void add_norm_forward_row(
+    int64_t r, int64_t c, const float *h, const float *y, uint32_t drop_below, float keep_scale, uint32_t seed_mul,
+    uint32_t seed_add, const float *weight, const float *bias, float eps, float *out, float *xhat, float *rstd) {
+    float s[MAX_CHANNELS];
+    float mean = 0.0f;
+    UNROLL
+    for (int64_t k = 0; k < c; k++) {
+        int64_t e = r * c + k;
+        float keep = mask_bits(seed_mul, seed_add, (uint32_t)e) >= drop_below ? keep_scale : 0.0f;
+        s[k] = h[e] + y[e] * keep;
+        mean += s[k];
+    }
+    mean /= (float)c;
+    float var = 0.0f;
+    UNROLL
+    for (int64_t k = 0; k < c; k++) var += (s[k] - mean) * (s[k] - mean);
+    float rs = 1.0f / sqrtf(var / (float)c + eps);
+    UNROLL
+    for (int64_t k = 0; k < c; k++) {
+        float xh = (s[k] - mean) * rs;
+        xhat[r * c + k] = xh;
+        out[r * c + k] = xh * weight[k] + bias[k];
+    }
+    rstd[r] = rs;
+}
+
+static inline __attribute__((always_inline)) void add_norm_forward_impl(
+    int64_t row0, int64_t rows, int64_t c, const float *h, const float *y, uint32_t drop_below, float keep_scale,
+    uint32_t seed_mul, uint32_t seed_add, const float *weight, const float *bias, float eps, float *out, float *xhat,
+    float *rstd) {
+    int64_t end = row0 + rows, full = row0 + rows / ROWS * ROWS;
+    for (int64_t block = row0; block < full; block += ROWS) {
+#pragma omp simd simdlen(ROWS)
+        for (int64_t l = 0; l < ROWS; l++)
+            add_norm_forward_row(block + l, c, h, y, drop_below, keep_scale, seed_mul, seed_add, weight, bias, eps,
+                                 out, xhat, rstd);
+    }
+    for (int64_t r = full; r < end; r++)
+        add_norm_forward_row(r, c, h, y, drop_below, keep_scale, seed_mul, seed_add, weight, bias, eps, out, xhat,
+                             rstd);
+}
+
+/* Rows [row0, row0 + rows) of out = LayerNorm(h + dropout(y)) over c channels: an element of y is kept (and
+ * scaled by keep_scale) when its mask bits are >= drop_below, so drop_below = 0 is no dropout. xhat and rstd are
+ * what the backward needs. */
+void atfnn_add_norm_forward(int64_t row0, int64_t rows, int64_t c, const float *h, const float *y,
+                            uint32_t drop_below, float keep_scale, uint32_t seed_mul, uint32_t seed_add,
+                            const float *weight, const float *bias, float eps, float *out, float *xhat, float *rstd) {
+    /* drop_below = 0 keeps every element (the hash is cheaper than a second copy of the loops). */
+    if (c == 8) /* the paper's c = 8 channels: constant trip counts unroll the channel loops */
+        add_norm_forward_impl(row0, rows, 8, h, y, drop_below, keep_scale, seed_mul, seed_add, weight, bias, eps,
+                              out, xhat, rstd);
+    else
+        add_norm_forward_impl(row0, rows, c, h, y, drop_below, keep_scale, seed_mul, seed_add, weight, bias, eps,
+                              out, xhat, rstd);
+}
+
+static inline __attribute__((always_inline)) void add_norm_backward_row(
+    int64_t r, int64_t c, const float *grad_out, const float *xhat, const float *rstd, uint32_t drop_below,
+    float keep_scale, uint32_t seed_mul, uint32_t seed_add, const float *weight, float *grad_h, float *grad_y) {
+    float g[MAX_CHANNELS];
+    float mean_g = 0.0f, mean_gx = 0.0f;
+    UNROLL
+    for (int64_t k = 0; k < c; k++) {
+        float go = grad_out[r * c + k], xh = xhat[r * c + k];
+        g[k] = go * weight[k];
+        mean_g += g[k];
+        mean_gx += g[k] * xh;
+    }
+    mean_g /= (float)c;
+    mean_gx /= (float)c;
+    UNROLL
+    for (int64_t k = 0; k < c; k++) {
+        int64_t e = r * c + k;
+        float gs = rstd[r] * (g[k] - mean_g - xhat[e] * mean_gx);
+        float keep = mask_bits(seed_mul, seed_add, (uint32_t)e) >= drop_below ? keep_scale : 0.0f;
+        grad_h[e] = gs;
+        grad_y[e] = gs * keep;
+    }
+}
+
+static inline __attribute__((always_inline)) void add_norm_backward_impl(
+    int64_t row0, int64_t rows, int64_t c, const float *grad_out, const float *xhat, const float *rstd,
+    uint32_t drop_below, float keep_scale, uint32_t seed_mul, uint32_t seed_add, const float *weight, float *grad_h,
+    float *grad_y, double *grad_weight, double *grad_bias) {
+    /* One row at a time (the channel loops vectorise): across rows, as in the forward, measured no faster here. */
+    int64_t end = row0 + rows;
+    for (int64_t r = row0; r < end; r++)
+        add_norm_backward_row(r, c, grad_out, xhat, rstd, drop_below, keep_scale, seed_mul, seed_add, weight, grad_h,
+                              grad_y);
+    /* The weight and bias gradients: float partial sums over blocks of SUM_BLOCK contiguous rows (vectorised across
+     * the c channels), each block's added into the doubles, so that a million rows do not pile up fp32 rounding. */
+    for (int64_t block = row0; block < end; block += SUM_BLOCK) {
+        int64_t stop = block + SUM_BLOCK < end ? block + SUM_BLOCK : end;
+        float gw[MAX_CHANNELS] = {0}, gb[MAX_CHANNELS] = {0};
+        for (int64_t r = block; r < stop; r++) {
+            UNROLL
+            for (int64_t k = 0; k < c; k++) {
+                gw[k] += grad_out[r * c + k] * xhat[r * c + k];
+                gb[k] += grad_out[r * c + k];
+            }
+        }
+        for (int64_t k = 0; k < c; k++) {
+            grad_weight[k] += gw[k];
+            grad_bias[k] += gb[k];
+        }
+    }
+}
+
+/* The backward of atfnn_add_norm_forward for rows [row0, row0 + rows); grad_weight and grad_bias (c doubles each)
+ * are accumulated into, so each thread passes its own. */
+void atfnn_add_norm_backward(int64_t row0, int64_t rows, int64_t c, const float *grad_out, const float *xhat,
+                             const float *rstd, uint32_t drop_below, float keep_scale, uint32_t seed_mul,
+                             uint32_t seed_add, const float *weight, float *grad_h, float *grad_y,
+                             double *grad_weight, double *grad_bias) {
+    if (c == 8)
+        add_norm_backward_impl(row0, rows, 8, grad_out, xhat, rstd, drop_below, keep_scale, seed_mul, seed_add,
+                               weight, grad_h, grad_y, grad_weight, grad_bias);
+    else
+        add_norm_backward_impl(row0, rows, c, grad_out, xhat, rstd, drop_below, keep_scale, seed_mul, seed_add,
+                               weight, grad_h, grad_y, grad_weight, grad_bias);
+}

@@ -1,0 +1,220 @@
+"""atfnn.kernels: the fused CPU kernels compute the torch ops' function (checked against float64), their dropout is
+a real dropout, and a machine that cannot build them falls back to torch ops.
+
+In CI (ATFNN_REQUIRE_KERNELS=1) a build failure fails these tests instead of skipping them.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from atfnn import kernels
+
+
+@pytest.fixture(autouse=True)
+def _require_kernels():
+    if not kernels.usable(torch.zeros(1)):
+        if os.environ.get("ATFNN_REQUIRE_KERNELS") == "1":
+            pytest.fail(f"fused kernels required but unavailable: {kernels.status()}")
+        pytest.skip(f"fused kernels unavailable: {kernels.status()}")
+
+
+def _sdpa(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    n, heads, f = queries.shape
+    k = keys[:, None, :, None].expand(n, heads, f, 1)
+    return F.scaled_dot_product_attention(queries.unsqueeze(-1), k, k, scale=1.0).squeeze(-1)
+
+
+def _attention_case(n: int, heads: int, f: int, spread: float, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, f, generator=g) * 3 - 6  # log-Mel scale
+    keys = x - x.mean(dim=1, keepdim=True)
+    alpha, beta = torch.randn(heads, generator=g) * spread, torch.randn(heads, generator=g)
+    queries = beta[:, None] + x[:, None, :] * alpha[:, None]
+    return queries.contiguous(), keys.contiguous(), torch.randn(n, heads, f, generator=g)
+
+
+@pytest.mark.parametrize("f", [80, 17], ids=["80-bands", "17-bands"])  # the specialised and the generic loop
+@pytest.mark.parametrize("spread", [0.05, 1.0], ids=["flat-softmax", "peaked-softmax"])
+def test_scalar_attention_forward_and_backward_match_float64(f, spread):
+    queries, keys, grad = _attention_case(300, 2, f, spread)
+    q64, k64 = queries.double().requires_grad_(), keys.double().requires_grad_()
+    truth = _sdpa(q64, k64)
+    truth.backward(grad.double())
+    q32, k32 = queries.clone().requires_grad_(), keys.clone().requires_grad_()
+    got = kernels.scalar_attention(q32, k32)
+    got.backward(grad)
+    for name, a, b in (("m", got.detach(), truth.detach()), ("dq", q32.grad, q64.grad), ("dk", k32.grad, k64.grad)):
+        err = float((a.double() - b).abs().max())
+        assert err <= 2e-5 * float(b.abs().max()) + 1e-6, f"{name}: max error {err:.3g}"
+
+
+def test_scalar_attention_is_as_accurate_as_torch_in_fp32():
+    """The fused kernel must not be a worse fp32 approximation than the SDPA path it replaces."""
+    queries, keys, grad = _attention_case(200, 2, 80, 1.0, seed=3)
+    truth = _sdpa(queries.double(), keys.double())
+    fused_err = float((kernels.scalar_attention(queries, keys).double() - truth).abs().max())
+    torch_err = float((_sdpa(queries, keys).double() - truth).abs().max())
+    assert fused_err <= 4 * torch_err + 1e-6
+
+
+def test_scalar_attention_splits_over_threads_without_changing_results(monkeypatch):
+    queries, keys, grad = _attention_case(3 * kernels.MIN_ROWS_PER_THREAD + 7, 2, 80, 0.5)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kernels.scalar_attention(queries, keys)
+        torch.set_num_threads(3)
+        three = kernels.scalar_attention(queries, keys)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, three)
+
+
+def test_scalar_attention_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="queries"):
+        kernels.scalar_attention(torch.zeros(4, 2, 80), torch.zeros(4, 81))
+
+
+@pytest.mark.parametrize("c", [8, 5], ids=["8-channels", "5-channels"])
+def test_add_norm_without_dropout_matches_layer_norm_in_float64(c):
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(c)
+    with torch.no_grad():
+        norm.weight.normal_(), norm.bias.normal_()
+    h, y, grad = torch.randn(3000, c) * 2 + 1, torch.randn(3000, c), torch.randn(3000, c)
+    h64, y64 = h.double().requires_grad_(), y.double().requires_grad_()
+    norm64 = torch.nn.LayerNorm(c).double()
+    norm64.load_state_dict(norm.state_dict())
+    norm64(h64 + y64).backward(grad.double())
+    h32, y32 = h.clone().requires_grad_(), y.clone().requires_grad_()
+    kernels.add_dropout_norm(h32, y32, norm, 0.0).backward(grad)
+    pairs = {"out": (kernels.add_dropout_norm(h, y, norm, 0.0), norm64(h64 + y64)), "dh": (h32.grad, h64.grad),
+             "dy": (y32.grad, y64.grad), "dweight": (norm.weight.grad, norm64.weight.grad),
+             "dbias": (norm.bias.grad, norm64.bias.grad)}
+    for name, (a, b) in pairs.items():
+        a, b = a.detach().double(), b.detach()
+        err = float((a - b).abs().max())
+        assert err <= 1e-5 * float(b.abs().max()) + 1e-6, f"{name}: max error {err:.3g}"
+
+
+def test_add_norm_dropout_drops_p_of_y_scales_the_rest_and_its_gradient_uses_the_same_mask():
+    p, rows, c = 0.3, 20000, 8
+    norm = torch.nn.LayerNorm(c)
+    # With h = 0 and y = 1 the LayerNorm input is the mask itself, so the output is positive exactly at the kept
+    # elements of each row that has both kept and dropped ones (the mask depends on the seed and position only).
+    torch.manual_seed(1)
+    probe = kernels.add_dropout_norm(torch.zeros(rows, c), torch.ones(rows, c), norm, p)
+    kept = probe > 0
+    mixed = kept.any(dim=1) & ~kept.all(dim=1)
+    q = 1 - p  # E[kept fraction | a mixed row] for 8 independent elements kept with probability q
+    expected = (c * q - c * q**c) / (1 - q**c - p**c) / c
+    assert abs(float(kept[mixed].float().mean()) - expected) < 0.01
+    # The same seed on other values: LayerNorm(h + y * mask / (1 - p)), forward and backward.
+    g = torch.Generator().manual_seed(2)
+    h, y, grad = (torch.randn(rows, c, generator=g) for _ in range(3))
+    y32 = y.clone().requires_grad_()
+    torch.manual_seed(1)
+    out = kernels.add_dropout_norm(h, y32, norm, p)
+    out.backward(grad)
+    y64 = y.double().requires_grad_()
+    truth = F.layer_norm(h.double() + y64 * kept.double() / (1 - p), (c,))
+    truth.backward(grad.double())
+    torch.testing.assert_close(out[mixed].double(), truth[mixed].detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y32.grad[mixed].double(), y64.grad[mixed], rtol=1e-5, atol=1e-5)
+    assert torch.all(y32.grad[mixed][~kept[mixed]] == 0), "a dropped element of y must get no gradient"
+
+
+def test_add_norm_dropout_is_seeded_by_torch_and_differs_between_calls():
+    norm = torch.nn.LayerNorm(8)
+    h, y = torch.randn(5000, 8), torch.randn(5000, 8)
+    torch.manual_seed(7)
+    first, second = kernels.add_dropout_norm(h, y, norm, 0.1), kernels.add_dropout_norm(h, y, norm, 0.1)
+    torch.manual_seed(7)
+    again = kernels.add_dropout_norm(h, y, norm, 0.1)
+    assert torch.equal(first, again), "torch.manual_seed must make the masks repeat"
+    assert not torch.equal(first, second), "two calls must draw two masks"
+
+
+def test_add_norm_splits_over_threads_without_changing_results():
+    norm = torch.nn.LayerNorm(8)
+    h, y = torch.randn(3 * kernels.MIN_ROWS_PER_THREAD + 5, 8), torch.randn(3 * kernels.MIN_ROWS_PER_THREAD + 5, 8)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        torch.manual_seed(3)
+        one = kernels.add_dropout_norm(h, y, norm, 0.2)
+        torch.set_num_threads(3)
+        torch.manual_seed(3)
+        three = kernels.add_dropout_norm(h, y, norm, 0.2)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, three), "the mask of an element must not depend on how rows are split over threads"
+
+
+def test_add_norm_rejects_what_it_cannot_compute():
+    with pytest.raises(ValueError, match="LayerNorm"):
+        kernels.add_dropout_norm(torch.zeros(4, 8), torch.zeros(4, 8), torch.nn.LayerNorm(8), 1.0)
+    with pytest.raises(ValueError, match="LayerNorm"):
+        kernels.add_dropout_norm(torch.zeros(4, 8), torch.zeros(4, 8), torch.nn.LayerNorm(8, elementwise_affine=False),
+                                 0.1)
+
+
+def test_not_used_for_other_dtypes_devices_or_inside_disabled():
+    assert not kernels.usable(torch.zeros(2, dtype=torch.float64))
+    assert not kernels.usable(torch.zeros(2, dtype=torch.bfloat16))
+    with kernels.disabled():
+        assert not kernels.usable(torch.zeros(2))
+    assert kernels.usable(torch.zeros(2))
+
+
+def test_model_uses_the_kernels_and_matches_torch_ops_in_eval():
+    from atfnn.config import ModelConfig
+    from atfnn.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(), 4).eval()
+    x = torch.randn(3, 80, 128) * 3 - 6
+    calls = []
+    real = kernels.scalar_attention
+    try:
+        kernels.scalar_attention = lambda *a: calls.append(1) or real(*a)
+        with torch.no_grad():
+            fused = model(x)
+    finally:
+        kernels.scalar_attention = real
+    with torch.no_grad(), kernels.disabled():
+        plain = model(x)
+    assert calls, "the F-Encoder did not call the fused attention"
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_a_machine_without_a_compiler_falls_back_to_torch_ops(tmp_path):
+    """In a fresh process with no compiler and an empty cache, the model still runs (on torch ops) and says why."""
+    code = (
+        "import torch\n"
+        "from atfnn import kernels\n"
+        "from atfnn.config import ModelConfig\n"
+        "from atfnn.model import build_model\n"
+        "out = build_model(ModelConfig(), 4).eval()(torch.randn(1, 80, 128))\n"
+        "assert out.shape == (1, 4)\n"
+        "print(kernels.status())\n"
+    )
+    env = {**os.environ, "CC": "/nonexistent/cc", "PATH": str(tmp_path), "ATFNN_KERNEL_CACHE": str(tmp_path / "k")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().startswith("torch ops (no C compiler found")
+    assert "fused CPU kernels unavailable" in proc.stderr
+
+
+def test_kernels_can_be_switched_off_by_environment(tmp_path):
+    code = "from atfnn import kernels\nprint(kernels.status())\n"
+    env = {**os.environ, "ATFNN_KERNELS": "0"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "torch ops (ATFNN_KERNELS=0)"
