@@ -1,9 +1,11 @@
 """Where the time of one ATFNN training step goes: torch.profiler's table of the busiest operators, fp32 and bf16.
 
     python benchmarks/profile_step.py --threads 1 --precision fp32,bf16 --out benchmarks/results/profile
+    python benchmarks/profile_step.py --threads 1 --torch-ops --out benchmarks/results/profile-torch-ops
 
 Writes <out>/profile-<precision>.txt (operators by self CPU time). Same step as benchmarks/run.py: batch 128,
-forward + cross-entropy + backward + Adam, tuned allocator, after one warm-up step.
+forward + cross-entropy + backward + Adam, tuned allocator, after one warm-up step; --torch-ops profiles the
+model without the fused kernels of atfnn/kernels.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16")
     parser.add_argument("--rows", type=int, default=15, help="operators listed")
     parser.add_argument("--batch", type=int, default=None, help="segments per step (default: run.py's, 128)")
+    parser.add_argument("--torch-ops", action="store_true", help="without atfnn.kernels (the F-Encoder on torch ops)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/profile"))
     args = parser.parse_args(argv)
     spec = importlib.util.spec_from_file_location("atfnn_bench_run", RUN)
@@ -37,13 +40,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
     for precision in [p.strip() for p in args.precision.split(",") if p.strip()]:
         torch.manual_seed(0)
         model = bench.build_model(bench.ModelConfig(), bench.N_CLASSES)
-        step = bench.train_step_fn(model, x, y, {"fp32": None, "bf16": torch.bfloat16}[precision])
+        step = bench.train_step_fn(model, x, y, {"fp32": None, "bf16": torch.bfloat16}[precision],
+                                   fused=not args.torch_ops)
         step()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             step()
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows)
         path = args.out / f"profile-{precision}.txt"
-        path.write_text(f"{precision}, {args.threads} thread(s), batch {batch_size}\n{table}\n")
+        ops = "torch ops" if args.torch_ops else bench.kernels.status()
+        path.write_text(f"{precision}, {args.threads} thread(s), batch {batch_size}, F-Encoder: {ops}\n{table}\n")
         print(f"wrote {path}")
         written.append(path)
     return written

@@ -101,6 +101,21 @@ def train_step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtyp
     return step
 
 
+def t_encoder_step_fn(model: torch.nn.Module, dtype: torch.dtype | None = None):
+    """Forward + backward of the model's T-Encoder alone on a batch of its inputs (B, T, F*C): the part that the
+    optimised and the reference ATFNN share (both run nn.LSTM), so reference step / this step bounds their ratio."""
+    encoder = copy.deepcopy(model.t_encoder).train()
+    cfg = ModelConfig()
+    x = torch.randn(BATCH, cfg.frames, cfg.n_mels * cfg.channels, requires_grad=True)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            h = encoder(x)
+        h.float().sum().backward()
+
+    return step
+
+
 def fused_available() -> bool:
     return kernels.usable(torch.zeros(1))
 
@@ -146,12 +161,15 @@ def bench_training(reference, variants: list[str], repeats: int, with_reference:
             fns["optimised_torch_ops"] = train_step_fn(copy.deepcopy(model), x, y, fused=False)
         if with_reference:
             fns["reference"] = train_step_fn(ref, x, y)
+            if variant == "atfnn":
+                fns["t_encoder_alone"] = t_encoder_step_fn(model)
         times = interleaved(fns, repeats)
         row = {name: summary(t, BATCH) for name, t in times.items()}
         _ratios(row)
         out[variant] = row
         log(f"train {variant}: " + ", ".join(f"{k} {v['per_s']} seg/s" for k, v in row.items() if isinstance(v, dict))
-            + (f", x{row['speedup']}" if with_reference else ""))
+            + (f", x{row['speedup']}" if with_reference else "")
+            + (f" (bound x{row['speedup_bound']})" if "speedup_bound" in row else ""))
     return out
 
 
@@ -161,6 +179,8 @@ def _ratios(row: dict) -> None:
         row["speedup"] = round(row["reference"]["median_s"] / row["optimised"]["median_s"], 2)
     if "optimised_torch_ops" in row:
         row["kernels_speedup"] = round(row["optimised_torch_ops"]["median_s"] / row["optimised"]["median_s"], 2)
+    if "reference" in row and "t_encoder_alone" in row:  # the speed-up if everything but nn.LSTM took no time
+        row["speedup_bound"] = round(row["reference"]["median_s"] / row["t_encoder_alone"]["median_s"], 2)
 
 
 def bench_inference(reference, variants: list[str], repeats: int, with_reference: bool) -> dict:
@@ -225,8 +245,9 @@ def bench_autocast(reference, repeats: int) -> dict:
     if fused_available():  # the optimised model on torch ops, to show what atfnn.kernels adds in each precision
         runs += [("optimised_fp32_torch_ops", copy.deepcopy(model), None, False),
                  ("optimised_bf16_torch_ops", copy.deepcopy(model), torch.bfloat16, False)]
+    runs += [("t_encoder_alone_fp32", model, None, None), ("t_encoder_alone_bf16", model, torch.bfloat16, None)]
     for key, m, dtype, fused in runs:
-        step = train_step_fn(m, x, y, dtype, fused)
+        step = t_encoder_step_fn(m, dtype) if fused is None else train_step_fn(m, x, y, dtype, fused)
         try:
             step()  # warm-up, and a check that this build supports it
             steps[key] = step
@@ -251,6 +272,10 @@ def bench_autocast(reference, repeats: int) -> dict:
         fused, plain = f"optimised_{precision}", f"optimised_{precision}_torch_ops"
         if fused in times and plain in times:
             out[f"ratio_{fused}_to_{plain}"] = round(out[fused]["per_s"] / out[plain]["per_s"], 2)
+        # The ratio to the reference if everything but the T-Encoder (nn.LSTM, shared with it) took no time.
+        alone = f"t_encoder_alone_{precision}"
+        if alone in times and "reference_fp32" in times:
+            out[f"ratio_{alone}_to_reference_fp32"] = round(out[alone]["per_s"] / out["reference_fp32"]["per_s"], 2)
     return out
 
 
@@ -531,6 +556,11 @@ def write_markdown(results: dict, path: Path) -> None:
 
     if "training" in results:
         table("Training throughput (forward + backward + Adam step, fp32)", results["training"], "segments/s")
+        bound = results["training"].get("atfnn", {})
+        if "speedup_bound" in bound:
+            lines.extend([f"ATFNN's T-Encoder alone (nn.LSTM, the same in both models; forward + backward), interleaved "
+                          f"with them: {bound['t_encoder_alone']['per_s']} segments/s, so no optimisation of the rest "
+                          f"can take the speed-up over the reference past x{bound['speedup_bound']}.", ""])
     if "parallel" in results:
         par = results["parallel"]
         text = par.get("error") or (
