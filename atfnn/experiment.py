@@ -6,6 +6,7 @@ atomically); a rerun skips finished folds and resumes an unfinished one from las
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -32,6 +33,7 @@ from atfnn.runtime import die_with_parent, peak_rss_mib, threads_per_job, tune_a
 from atfnn.training import SplitData, evaluate, resolve_device, train_fold
 
 DONE = "done.json"
+LOCK = ".lock"  # held by the `atfnn train` writing the run (run_lock)
 
 
 @dataclass
@@ -94,6 +96,34 @@ def split_data(corpus: PreparedCorpus, uids: Sequence[str], device: torch.device
     )
 
 
+@contextlib.contextmanager
+def run_lock(out: Path):
+    """Hold an exclusive lock on a run directory: a second `atfnn train` on it (which would overwrite the first's
+    checkpoints and logs) fails at once instead. The lock is the OS's (flock), so a killed run leaves none behind."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK
+    handle = path.open("a+")
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # not on POSIX: no lock, as before
+            pass
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(f"{out} is in use by {holder}; wait for it to finish, or stop it, "
+                              "or choose another --out directory") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"atfnn train (pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
 def check_run_dir(out: Path, config: ExperimentConfig) -> None:
     """Refuse to mix two configurations in one run directory; record the configuration on first use."""
     run_file = out / "run.json"
@@ -131,6 +161,14 @@ def run_experiment(
     not depend on it beyond floating-point summation order.
     """
     out = Path(out)
+    with run_lock(out):
+        return _run_experiment(config, out, folds, seeds, progress, on_fold_done, log, jobs)
+
+
+def _run_experiment(
+    config: ExperimentConfig, out: Path, folds: Sequence[str] | None, seeds: int, progress: bool,
+    on_fold_done: Callable[[str, int], None] | None, log: Callable[[str], None], jobs: int,
+) -> dict:
     check_run_dir(out, config)
     tune_allocator()
     if jobs < 1:

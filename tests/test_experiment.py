@@ -13,7 +13,7 @@ from atfnn.cli import main
 from atfnn.config import load_config
 from atfnn.corpora.synthetic import SyntheticSpec, generate
 from atfnn.errors import ConfigError
-from atfnn.experiment import check_run_dir, final_epochs, rescore_run, run_experiment
+from atfnn.experiment import LOCK, check_run_dir, final_epochs, rescore_run, run_experiment, run_lock
 from atfnn.metrics import uar, war
 
 TINY = [
@@ -173,6 +173,17 @@ def test_parallel_folds_match_the_serial_run(corpus, tiny_run, tmp_path):
         assert probs == pytest.approx(
             [float(r[k]) for r in theirs for k in r if k.startswith("p_")], abs=1e-5
         )
+
+
+def test_a_second_run_on_a_directory_in_use_is_refused_and_the_lock_ends_with_the_first(corpus, tmp_path):
+    out = tmp_path / "run"
+    with run_lock(out):
+        with pytest.raises(ConfigError, match=r"in use by atfnn train \(pid \d+"):
+            run_experiment(tiny_config(corpus, tmp_path / "cache"), out, progress=False)
+        assert not (out / "run.json").exists(), "the refused run must not have touched the directory"
+    with run_lock(out):  # released when its holder ends
+        pass
+    assert (out / LOCK).is_file()
 
 
 def test_jobs_must_be_positive(corpus, tmp_path):
