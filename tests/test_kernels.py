@@ -157,6 +157,12 @@ def test_add_norm_splits_over_threads_without_changing_results():
     assert torch.equal(one, three), "the mask of an element must not depend on how rows are split over threads"
 
 
+def test_add_norm_runs_on_tensors_that_need_no_gradient():
+    norm = torch.nn.LayerNorm(8).requires_grad_(False)
+    h, y = torch.randn(100, 8), torch.randn(100, 8)
+    torch.testing.assert_close(kernels.add_dropout_norm(h, y, norm, 0.0), norm(h + y), rtol=1e-5, atol=1e-5)
+
+
 def test_add_norm_rejects_what_it_cannot_compute():
     with pytest.raises(ValueError, match="LayerNorm"):
         kernels.add_dropout_norm(torch.zeros(4, 8), torch.zeros(4, 8), torch.nn.LayerNorm(8), 1.0)

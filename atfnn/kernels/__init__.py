@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 SOURCE = Path(__file__).with_name("fencoder.c")
 # -march=native vectorises for this CPU (the cache key includes the CPU); the second set is the fallback for
@@ -198,6 +199,7 @@ class _ScalarAttention(torch.autograd.Function):
         return m
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_m: Tensor) -> tuple[Tensor, Tensor]:
         queries, keys, m, row_max, row_inv = ctx.saved_tensors
         n, heads, f = queries.shape
@@ -229,9 +231,8 @@ class _AddDropoutNorm(torch.autograd.Function):
         rows = h.numel() // c
         h, y, weight, bias = h.contiguous(), y.contiguous(), weight.contiguous(), bias.contiguous()
         out = torch.empty_like(h)
-        save = any(ctx.needs_input_grad[:4])  # grad mode is off inside forward; this says whether autograd records
-        xhat = torch.empty_like(h) if save else None
-        rstd = h.new_empty(rows) if save else None
+        # The kernel always writes what the backward needs (a branch would keep its loops from vectorising).
+        xhat, rstd = torch.empty_like(h), h.new_empty(rows)
         # An element is kept when its 32 mask bits are >= p * 2^32, so P(keep) = 1 - p to within 2^-32. The seed
         # comes from torch's generator, so torch.manual_seed makes a run repeat.
         drop_below = min(int(round(p * 2**32)), 2**32 - 1)
@@ -241,12 +242,13 @@ class _AddDropoutNorm(torch.autograd.Function):
         _parallel(lambda r0, k: lib.atfnn_add_norm_forward(
             r0, k, c, _ptr(h), _ptr(y), drop_below, keep_scale, seed_mul, seed_add, _ptr(weight), _ptr(bias), eps,
             _ptr(out), _ptr(xhat), _ptr(rstd)), rows)
-        if save:
+        if any(ctx.needs_input_grad[:4]):  # grad mode is off inside forward; this says whether autograd records
             ctx.save_for_backward(xhat, rstd, weight)
         ctx.mask = (drop_below, keep_scale, seed_mul, seed_add)
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: Tensor):
         xhat, rstd, weight = ctx.saved_tensors
         c = xhat.shape[-1]
