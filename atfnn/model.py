@@ -9,7 +9,8 @@ layers; docs/performance.md has the derivation and timings, tests/test_model_par
 its self-attention reads one scalar per band, so its softmax depends only on scalars (`_scalar_self_attention`)
 instead of 80x80 attention over 4-dimensional heads, and its 1x5 convolutions run on the (B, T, F, C) layout as
 channels-last 2-D convolutions, without transposed copies. The plain attention layer still runs where the shortcut
-does not apply (ONNX export and tracing, dropout on the attention weights).
+does not apply (ONNX export and tracing, dropout on the attention weights). On fp32 CPU tensors the scalar attention
+and the two add & norm steps run as fused C kernels (atfnn.kernels; torch ops where they cannot be built).
 """
 from __future__ import annotations
 

@@ -51,6 +51,7 @@ _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _failure: str | None = None
 _pool: ThreadPoolExecutor | None = None
+_pool_workers = 0
 _enabled = True
 _p, _i64, _u32, _f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint32, ctypes.c_float
 _SIGNATURES = {
@@ -163,13 +164,14 @@ def _ptr(t: Tensor | None) -> int | None:
 
 def _parallel(call, rows: int) -> None:
     """call(row0, count) over [0, rows), split across torch's thread count (ctypes releases the GIL)."""
-    global _pool
+    global _pool, _pool_workers
     threads = max(1, min(torch.get_num_threads(), rows // MIN_ROWS_PER_THREAD))
     if threads == 1:
         call(0, rows)
         return
-    if _pool is None or _pool._max_workers < threads:
-        _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="atfnn-kernel")
+    if _pool is None or _pool_workers < threads - 1:  # this thread takes the first share itself
+        _pool_workers = threads - 1
+        _pool = ThreadPoolExecutor(max_workers=_pool_workers, thread_name_prefix="atfnn-kernel")
     bounds = [rows * i // threads for i in range(threads + 1)]
     futures = [_pool.submit(call, bounds[i], bounds[i + 1] - bounds[i]) for i in range(1, threads)]
     call(bounds[0], bounds[1])
@@ -178,8 +180,8 @@ def _parallel(call, rows: int) -> None:
 
 
 def _forget_pool() -> None:
-    global _pool
-    _pool = None  # a forked child has the pool object but not its threads
+    global _pool, _pool_workers
+    _pool, _pool_workers = None, 0  # a forked child has the pool object but not its threads
 
 
 if hasattr(os, "register_at_fork"):
