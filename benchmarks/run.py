@@ -211,16 +211,8 @@ def bench_inference(reference, variants: list[str], repeats: int, with_reference
 def bench_tencoder(repeats: int) -> dict:
     """The T-Encoder alone (ATFNN's BiLSTM, 640 inputs), forward + backward, at 1 thread and at all threads: the part
     of the step that the optimised and the reference model share, and the bound it sets (docs/performance.md)."""
-    from atfnn.model import TEncoder
-
-    cfg = ModelConfig()
     torch.manual_seed(0)
-    encoder = TEncoder(cfg.n_mels * cfg.channels, cfg.lstm_hidden, cfg.lstm_layers)
-    x = torch.randn(BATCH, cfg.frames, cfg.n_mels * cfg.channels, requires_grad=True)
-
-    def step() -> None:
-        encoder(x).sum().backward()
-
+    step = t_encoder_step_fn(build_model(ModelConfig(), N_CLASSES))
     threads = torch.get_num_threads()
     out = {}
     for n in sorted({1, threads}):

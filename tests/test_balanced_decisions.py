@@ -12,7 +12,6 @@ def test_balanced_decisions_split_a_speaker_that_argmax_puts_in_one_class():
     assert script.balanced_decisions(probs, np.array([1.0, 1.0])).tolist() == [0, 0, 1, 1]
 
 
-
 def test_balanced_decisions_undo_a_speaker_bias_towards_one_class():
     script = load_script("scripts/balanced_decisions.py")
     rng = np.random.default_rng(1)

@@ -54,17 +54,17 @@ def test_scalar_attention_forward_and_backward_match_float64(f, spread):
         assert err <= 2e-5 * float(b.abs().max()) + 1e-6, f"{name}: max error {err:.3g}"
 
 
-def test_scalar_attention_is_as_accurate_as_torch_in_fp32():
-    """The fused kernel must not be a worse fp32 approximation than the SDPA path it replaces."""
-    queries, keys, grad = _attention_case(200, 2, 80, 1.0, seed=3)
+def test_scalar_attention_is_about_as_accurate_as_torch_in_fp32():
+    """The fused kernel's fp32 error stays within 4x of the SDPA path it replaces (about 3x here, ~1e-6 relative)."""
+    queries, keys, _ = _attention_case(200, 2, 80, 1.0, seed=3)
     truth = _sdpa(queries.double(), keys.double())
     fused_err = float((kernels.scalar_attention(queries, keys).double() - truth).abs().max())
     torch_err = float((_sdpa(queries, keys).double() - truth).abs().max())
     assert fused_err <= 4 * torch_err + 1e-6
 
 
-def test_scalar_attention_splits_over_threads_without_changing_results(monkeypatch):
-    queries, keys, grad = _attention_case(3 * kernels.MIN_ROWS_PER_THREAD + 7, 2, 80, 0.5)
+def test_scalar_attention_splits_over_threads_without_changing_results():
+    queries, keys, _ = _attention_case(3 * kernels.MIN_ROWS_PER_THREAD + 7, 2, 80, 0.5)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

@@ -158,8 +158,8 @@ def usable(*tensors: Tensor) -> bool:
     return library() is not None
 
 
-def _ptr(t: Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
+def _ptr(t: Tensor) -> int:
+    return t.data_ptr()
 
 
 def _parallel(call, rows: int) -> None:
