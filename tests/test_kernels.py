@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,6 +53,41 @@ def test_scalar_attention_forward_and_backward_match_float64(f, spread):
     for name, a, b in (("m", got.detach(), truth.detach()), ("dq", q32.grad, q64.grad), ("dk", k32.grad, k64.grad)):
         err = float((a.double() - b).abs().max())
         assert err <= 2e-5 * float(b.abs().max()) + 1e-6, f"{name}: max error {err:.3g}"
+
+
+def test_portable_build_matches_float64_like_the_default_build(tmp_path):
+    """ATFNN_KERNELS=portable builds the plain-C loops that CPUs without AVX-512 run; on AVX-512 machines the default
+    build runs intrinsics instead, so both are checked here against float64 (the portable one in a fresh process)."""
+    code = (
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_kernels import _attention_case\n"
+        "from atfnn import kernels\n"
+        "out = {'status': kernels.status()}\n"
+        "for f in (80, 17):\n"
+        "    q, k, g = _attention_case(300, 2, f, 1.0)\n"
+        "    q.requires_grad_(); k.requires_grad_()\n"
+        "    m = kernels.scalar_attention(q, k); m.backward(g)\n"
+        "    out[f] = (m.detach(), q.grad, k.grad)\n"
+        f"torch.save(out, {str(tmp_path / 'portable.pt')!r})\n"
+    )
+    env = {**os.environ, "ATFNN_KERNELS": "portable"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    portable = torch.load(tmp_path / "portable.pt")
+    assert portable["status"] == "fused C kernels (portable C)"
+    for f in (80, 17):
+        queries, keys, grad = _attention_case(300, 2, f, 1.0)
+        q64, k64 = queries.double().requires_grad_(), keys.double().requires_grad_()
+        truth = _sdpa(q64, k64)
+        truth.backward(grad.double())
+        q32, k32 = queries.clone().requires_grad_(), keys.clone().requires_grad_()
+        default = kernels.scalar_attention(q32, k32)
+        default.backward(grad)
+        for build, got in (("portable", portable[f]), ("default", (default.detach(), q32.grad, k32.grad))):
+            for name, a, b in zip(("m", "dq", "dk"), got, (truth.detach(), q64.grad, k64.grad)):
+                err = float((a.double() - b).abs().max())
+                assert err <= 2e-5 * float(b.abs().max()) + 1e-6, f"{build} build, {f} bands, {name}: error {err:.3g}"
 
 
 def test_scalar_attention_is_about_as_accurate_as_torch_in_fp32():

@@ -44,7 +44,7 @@ FLAG_SETS = (
 )
 MAX_KEYS, MAX_CHANNELS = 1024, 64  # fencoder.c's limits: bands per frame, channels per LayerNorm row
 MIN_ROWS_PER_THREAD = 4096  # below this a second thread costs more than it saves
-ENV_SWITCH = "ATFNN_KERNELS"  # 0 / off: always use the torch ops
+ENV_SWITCH = "ATFNN_KERNELS"  # 0 / off: always use the torch ops; portable: the plain-C loops even with AVX-512
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -59,6 +59,7 @@ _SIGNATURES = {
     "atfnn_attention_backward": [_i64, _i64, _i64, _i64, _p, _p, _p, _p, _p, _p, _p, _p],
     "atfnn_add_norm_forward": [_i64, _i64, _i64, _p, _p, _u32, _f32, _u32, _u32, _p, _p, _f32, _p, _p, _p],
     "atfnn_add_norm_backward": [_i64, _i64, _i64, _p, _p, _p, _u32, _f32, _u32, _u32, _p, _p, _p, _p, _p],
+    "atfnn_build": [],
 }
 
 
@@ -92,7 +93,9 @@ def _build() -> ctypes.CDLL:
         raise RuntimeError("no C compiler found (set CC, or install gcc or clang)")
     source = SOURCE.read_bytes()
     errors = []
+    portable = os.environ.get(ENV_SWITCH, "").lower() == "portable"
     for flags in FLAG_SETS:
+        flags = [*flags, "-DATFNN_PORTABLE"] if portable else flags
         key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(flags).encode(),
                                          _cpu_signature().encode()])).hexdigest()[:16]
         target = _cache_dir() / f"fencoder-{key}.so"
@@ -111,6 +114,7 @@ def _build() -> ctypes.CDLL:
         for name, argtypes in _SIGNATURES.items():
             getattr(library, name).argtypes = argtypes
             getattr(library, name).restype = None
+        library.atfnn_build.restype = ctypes.c_char_p
         return library
     raise RuntimeError("compiling atfnn/kernels/fencoder.c failed:\n" + "\n".join(errors))
 
@@ -135,7 +139,8 @@ def library() -> ctypes.CDLL | None:
 
 def status() -> str:
     """One line for benchmark and run headers: whether the fused kernels are in use, and why not."""
-    return "fused C kernels" if library() is not None else f"torch ops ({_failure})"
+    lib = library()
+    return f"fused C kernels ({lib.atfnn_build().decode()})" if lib is not None else f"torch ops ({_failure})"
 
 
 @contextlib.contextmanager
