@@ -9,8 +9,9 @@ layers; docs/performance.md has the derivation and timings, tests/test_model_par
 its self-attention reads one scalar per band, so its softmax depends only on scalars (`_scalar_self_attention`)
 instead of 80x80 attention over 4-dimensional heads, and its 1x5 convolutions run on the (B, T, F, C) layout as
 channels-last 2-D convolutions, without transposed copies. The plain attention layer still runs where the shortcut
-does not apply (ONNX export and tracing, dropout on the attention weights). On fp32 CPU tensors the scalar attention
-and the two add & norm steps run as fused C kernels (atfnn.kernels; torch ops where they cannot be built).
+does not apply (ONNX export and tracing, dropout on the attention weights). On fp32 CPU tensors the scalar attention,
+the two add & norm steps and (on AVX-512 CPUs) the convolution block run as fused C kernels (atfnn.kernels; torch
+ops where they cannot be built).
 """
 from __future__ import annotations
 
@@ -156,6 +157,10 @@ class FEncoder(nn.Module):
         """
         k = self.conv1.kernel_size[0]
         along_f = self.conv_axis == "frequency"
+        b, t, f, c = h.shape
+        if along_f and kernels.conv_block_usable(h.view(b * t, f, c), self.conv1, self.conv2):
+            # One fused pass each way (AVX-512 CPUs, fp32): the ReLU output is never stored (atfnn.kernels).
+            return kernels.conv_block(h.view(b * t, f, c), self.conv1, self.conv2).view(b, t, f, c)
         kernel = (lambda w: w.unsqueeze(2)) if along_f else (lambda w: w.unsqueeze(3))  # (out, in, 1, k) / (k, 1)
         padding = (0, k // 2) if along_f else (k // 2, 0)
         y = h.permute(0, 3, 1, 2)  # (B, C, T, F), channels-last

@@ -207,6 +207,68 @@ def test_add_norm_rejects_what_it_cannot_compute():
                                  0.1)
 
 
+def _conv_pair(c: int, hidden: int, k: int, seed: int = 0) -> tuple[torch.nn.Conv1d, torch.nn.Conv1d]:
+    torch.manual_seed(seed)
+    return torch.nn.Conv1d(c, hidden, k, padding=k // 2), torch.nn.Conv1d(hidden, c, k, padding=k // 2)
+
+
+def _require_conv_kernel():
+    conv1, conv2 = _conv_pair(8, 32, 5)
+    if not kernels.conv_block_usable(torch.zeros(1, 80, 8), conv1, conv2):
+        pytest.skip(f"no fused convolution in this build ({kernels.status()}): AVX-512 CPUs only")
+
+
+@pytest.mark.parametrize("n, f, c, hidden, k", [
+    (300, 80, 8, 32, 5),  # the paper's sizes (the specialised loops)
+    (3 * kernels.MIN_ROWS_PER_THREAD + 7, 80, 8, 32, 5),  # split over threads, many partial-sum flushes
+    (40, 17, 3, 6, 3),  # generic loops, a band count that is not a multiple of 16
+    (20, 100, 5, 7, 7),
+], ids=["paper", "threads", "17-bands", "100-bands"])
+def test_conv_block_forward_and_backward_match_float64(n, f, c, hidden, k):
+    _require_conv_kernel()
+    conv1, conv2 = _conv_pair(c, hidden, k)
+    h = torch.randn(n, f, c)
+    grad = torch.randn(n, f, c)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3 if n > kernels.MIN_ROWS_PER_THREAD else threads)
+    try:
+        h32 = h.clone().requires_grad_()
+        got = kernels.conv_block(h32, conv1, conv2)
+        got.backward(grad)
+    finally:
+        torch.set_num_threads(threads)
+    ours = [got.detach(), h32.grad] + [p.grad.clone() for p in (conv1.weight, conv1.bias, conv2.weight, conv2.bias)]
+    c1, c2 = conv1.double(), conv2.double()  # in place, gradients included: ours are copied first
+    for p in (c1.weight, c1.bias, c2.weight, c2.bias):
+        p.grad = None
+    h64 = h.double().requires_grad_()
+    truth = c2(F.relu(c1(h64.transpose(1, 2)))).transpose(1, 2)
+    truth.backward(grad.double())
+    names = ("y", "dh", "dw1", "db1", "dw2", "db2")
+    for name, a, b in zip(names, ours, [truth.detach(), h64.grad, c1.weight.grad, c1.bias.grad, c2.weight.grad,
+                                        c2.bias.grad]):
+        assert a.dtype == torch.float32
+        err = float((a.double() - b).abs().max())
+        assert err <= 1e-5 * float(b.abs().max()) + 1e-6, f"{name}: max error {err:.3g}"
+
+
+def test_conv_block_is_only_used_where_it_computes_the_same_function():
+    _require_conv_kernel()
+    conv1, conv2 = _conv_pair(8, 32, 5)
+    h = torch.zeros(2, 80, 8)
+    assert kernels.conv_block_usable(h, conv1, conv2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not kernels.conv_block_usable(h, conv1, conv2)  # bf16 convolutions stay oneDNN's
+    even1, even2 = torch.nn.Conv1d(8, 32, 4, padding=2), torch.nn.Conv1d(32, 8, 4, padding=2)
+    assert not kernels.conv_block_usable(h, even1, even2)
+    valid = torch.nn.Conv1d(8, 32, 5)  # no padding: a shorter output
+    assert not kernels.conv_block_usable(h, valid, conv2)
+    assert not kernels.conv_block_usable(torch.zeros(2, 80, 4), conv1, conv2)
+    assert not kernels.conv_block_usable(h.double(), conv1, conv2)
+    with pytest.raises(ValueError, match="conv_block_usable"):
+        kernels.conv_block(h, valid, conv2)
+
+
 def test_not_used_for_other_dtypes_devices_or_inside_disabled():
     assert not kernels.usable(torch.zeros(2, dtype=torch.float64))
     assert not kernels.usable(torch.zeros(2, dtype=torch.bfloat16))
@@ -223,16 +285,19 @@ def test_model_uses_the_kernels_and_matches_torch_ops_in_eval():
     model = build_model(ModelConfig(), 4).eval()
     x = torch.randn(3, 80, 128) * 3 - 6
     calls = []
-    real = kernels.scalar_attention
+    real, real_conv = kernels.scalar_attention, kernels.conv_block
     try:
-        kernels.scalar_attention = lambda *a: calls.append(1) or real(*a)
+        kernels.scalar_attention = lambda *a: calls.append("attention") or real(*a)
+        kernels.conv_block = lambda *a: calls.append("conv") or real_conv(*a)
         with torch.no_grad():
             fused = model(x)
     finally:
-        kernels.scalar_attention = real
+        kernels.scalar_attention, kernels.conv_block = real, real_conv
     with torch.no_grad(), kernels.disabled():
         plain = model(x)
-    assert calls, "the F-Encoder did not call the fused attention"
+    assert "attention" in calls, "the F-Encoder did not call the fused attention"
+    if "AVX-512" in kernels.status():
+        assert "conv" in calls, "the F-Encoder did not call the fused convolutions"
     torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)
 
 

@@ -61,6 +61,11 @@ _SIGNATURES = {
     "atfnn_add_norm_backward": [_i64, _i64, _i64, _p, _p, _p, _u32, _f32, _u32, _u32, _p, _p, _p, _p, _p],
     "atfnn_build": [],
 }
+_CONV_SIGNATURES = {  # AVX-512 builds only
+    "atfnn_conv_block_forward": [_i64] * 6 + [_p] * 6,
+    "atfnn_conv_block_backward": [_i64] * 6 + [_p] * 10,
+}
+MAX_CONV_BANDS, MAX_CONV_CHANNELS, MAX_CONV_KERNEL = 512, 64, 15  # beyond these the convolutions stay torch's
 
 
 def _cache_dir() -> Path:
@@ -115,6 +120,10 @@ def _build() -> ctypes.CDLL:
             getattr(library, name).argtypes = argtypes
             getattr(library, name).restype = None
         library.atfnn_build.restype = ctypes.c_char_p
+        for name, argtypes in _CONV_SIGNATURES.items():
+            if hasattr(library, name):
+                getattr(library, name).argtypes = argtypes
+                getattr(library, name).restype = ctypes.c_int
         return library
     raise RuntimeError("compiling atfnn/kernels/fencoder.c failed:\n" + "\n".join(errors))
 
@@ -161,6 +170,21 @@ def usable(*tensors: Tensor) -> bool:
     if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
         return False
     return library() is not None
+
+
+def conv_block_usable(h: Tensor, conv1: torch.nn.Conv1d, conv2: torch.nn.Conv1d) -> bool:
+    """Whether `conv_block` can run conv2(relu(conv1(h))): `usable`, an AVX-512 build, no autocast (bf16 convolutions
+    stay oneDNN's), sizes within the kernel's limits, odd kernels with 'same' zero padding, biases present."""
+    if not usable(h, conv1.weight, conv2.weight) or torch.is_autocast_enabled("cpu"):
+        return False
+    if not hasattr(library(), "atfnn_conv_block_forward"):
+        return False
+    (c1, c, k), (c2, hidden, k2) = conv1.weight.shape, conv2.weight.shape
+    same = all(m.padding == (k // 2,) and m.stride == (1,) and m.dilation == (1,) and m.groups == 1
+               and m.padding_mode == "zeros" and m.bias is not None for m in (conv1, conv2))
+    return (same and k == k2 and k % 2 == 1 and k <= MAX_CONV_KERNEL and c1 == hidden and c2 == c
+            and max(c, hidden) <= MAX_CONV_CHANNELS and h.dim() == 3 and h.shape[1] <= MAX_CONV_BANDS
+            and h.shape[2] == c)
 
 
 def _ptr(t: Tensor) -> int:
@@ -275,6 +299,56 @@ class _AddDropoutNorm(torch.autograd.Function):
         grad_w = sum(gw for gw, _ in partials).to(weight.dtype)
         grad_b = sum(gb for _, gb in partials).to(weight.dtype)
         return grad_h, grad_y, grad_w, grad_b, None, None
+
+
+class _ConvBlock(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+        n, f, c = h.shape
+        hidden, _, k = w1.shape
+        h, w1, b1, w2, b2 = (t.contiguous() for t in (h, w1, b1, w2, b2))
+        y = torch.empty_like(h)
+        lib = library()
+        _parallel(lambda r0, rows: _check(lib.atfnn_conv_block_forward(
+            r0, rows, f, c, hidden, k, _ptr(h), _ptr(w1), _ptr(b1), _ptr(w2), _ptr(b2), _ptr(y))), n)
+        ctx.save_for_backward(h, w1, b1, w2)  # the ReLU output is recomputed in the backward, not kept
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: Tensor):
+        h, w1, b1, w2 = ctx.saved_tensors
+        n, f, c = h.shape
+        hidden, _, k = w1.shape
+        grad_y = grad_y.contiguous()
+        grad_h = torch.empty_like(h)
+        lib = library()
+        partials: list[tuple[Tensor, ...]] = []
+
+        def call(r0: int, rows: int) -> None:
+            sums = (w1.new_zeros(w1.shape, dtype=torch.float64), w1.new_zeros(hidden, dtype=torch.float64),
+                    w2.new_zeros(w2.shape, dtype=torch.float64), w2.new_zeros(c, dtype=torch.float64))
+            _check(lib.atfnn_conv_block_backward(r0, rows, f, c, hidden, k, _ptr(h), _ptr(w1), _ptr(b1), _ptr(w2),
+                                                 _ptr(grad_y), _ptr(grad_h), *(_ptr(t) for t in sums)))
+            partials.append(sums)
+
+        _parallel(call, n)
+        gw1, gb1, gw2, gb2 = (sum(parts).to(h.dtype) for parts in zip(*partials))
+        return grad_h, gw1, gb1, gw2, gb2
+
+
+def _check(status: int) -> None:
+    if status != 0:
+        raise MemoryError("atfnn.kernels: the convolution kernel could not allocate its scratch buffers")
+
+
+def conv_block(h: Tensor, conv1: torch.nn.Conv1d, conv2: torch.nn.Conv1d) -> Tensor:
+    """conv2(relu(conv1(.))) along the F axis of h (N, F, C) -> (N, F, C), as Conv1d on h.transpose(1, 2);
+    only where `conv_block_usable` says so."""
+    if not conv_block_usable(h, conv1, conv2):
+        raise ValueError(f"conv_block: no fused kernel for h {tuple(h.shape)} with {conv1} and {conv2} "
+                         f"(kernels: {status()}); check conv_block_usable first")
+    return _ConvBlock.apply(h, conv1.weight, conv1.bias, conv2.weight, conv2.bias)
 
 
 def add_dropout_norm(h: Tensor, y: Tensor, norm: torch.nn.LayerNorm, p: float) -> Tensor:

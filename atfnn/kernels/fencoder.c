@@ -5,12 +5,15 @@
  *    1 / (sum of exponentials), recomputing p instead of storing N*H*F*F weights.
  * 2. Add, dropout and LayerNorm over C channels: out = LN(h + drop(y)), with the mask from a counter-based hash,
  *    which the backward pass regenerates instead of storing.
+ * 3. The convolution block conv2(relu(conv1(h))) along the bands, forward and backward (AVX-512 builds only).
  *
- * Plain C99 that compilers vectorise (no intrinsics); one call handles a contiguous range of rows, and the Python
- * side splits the rows over threads (ctypes releases the GIL).
+ * 1 and 2 are plain C99 that compilers vectorise, with AVX-512 intrinsics for 1 where the compiler targets it; one
+ * call handles a contiguous range of rows, and the Python side splits the rows over threads (ctypes releases the
+ * GIL).
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <xmmintrin.h>
@@ -178,10 +181,209 @@ static void attention_backward_avx512(int64_t frame0, int64_t frames, int64_t he
 }
 #endif
 
+#ifdef ATFNN_AVX512
+/* 3. The F-Encoder's convolution block y = conv2(relu(conv1(h))) along the bands of each frame (Conv1d weights
+ *    (out, in, k), odd k, zero padding k / 2), forward and backward; AVX-512 builds only (elsewhere oneDNN runs it).
+ *    One frame at a time in transposed, zero-padded buffers ([channel][band], band g at pad + g), vectorised over
+ *    16 bands: every tap is then a contiguous load times a broadcast weight, the ReLU output never leaves the frame
+ *    (torch keeps it, 4x the input, for its backward), and the backward recomputes it from h. */
+#define MAX_CONV_BLOCKS 32 /* 16-band blocks per frame: f <= 512 */
+#define MAX_CONV_KERNEL 15
+#define CONV_SUM_FRAMES 64 /* frames per fp32 partial sum of the weight gradients, before it joins the doubles */
+
+typedef struct {
+    int64_t f, c, hidden, k, pad, nb, width;
+} conv_shape;
+
+static conv_shape conv_shape_of(int64_t f, int64_t c, int64_t hidden, int64_t k) {
+    conv_shape s = {f, c, hidden, k, k / 2, (f + LANES - 1) / LANES, 0};
+    s.width = s.nb * LANES + 2 * s.pad; /* the widest tap of the last block reads up to here */
+    return s;
+}
+
+/* src (f, ch) row-major -> dst[i][pad + g] (rows width apart); the pads stay as calloc left them (zero). */
+static void transpose_in(const float *src, int64_t f, int64_t ch, int64_t pad, int64_t width, float *dst) {
+    for (int64_t g = 0; g < f; g++)
+        for (int64_t i = 0; i < ch; i++) dst[i * width + pad + g] = src[g * ch + i];
+}
+
+static void transpose_out(const float *src, int64_t f, int64_t ch, int64_t off, int64_t width, float *dst) {
+    for (int64_t g = 0; g < f; g++)
+        for (int64_t i = 0; i < ch; i++) dst[g * ch + i] = src[i * width + off + g];
+}
+
+/* out[o][off + g] = bias[o] + sum_{i, t} w[(o in_ch + i) k + t] in[i][g + t] for g < f and OB output channels from
+ * o0 (relu: max(., 0)); stores are masked at f, so the pads of out stay zero. Always inlined with constant nb (5
+ * for 80 bands) and OB: the OB x nb accumulators live in registers, each loaded input block serves OB of them, and
+ * OB x nb independent chains keep both FMA ports busy (5 alone would wait on the FMA latency). */
+static inline __attribute__((always_inline)) void conv_rows_block(
+    int64_t o0, int64_t ob, const float *in, int64_t in_ch, int64_t k, int64_t f, int64_t nb, int64_t width,
+    const float *w, const float *bias, int relu, float *out, int64_t off) {
+    __m512 acc[4][MAX_CONV_BLOCKS];
+    for (int64_t q = 0; q < ob; q++)
+        for (int64_t b = 0; b < nb; b++) acc[q][b] = _mm512_set1_ps(bias ? bias[o0 + q] : 0.0f);
+    for (int64_t i = 0; i < in_ch; i++) {
+        for (int64_t t = 0; t < k; t++) {
+            const float *src = in + i * width + t;
+            for (int64_t b = 0; b < nb; b++) {
+                __m512 x = _mm512_loadu_ps(src + b * LANES);
+                for (int64_t q = 0; q < ob; q++)
+                    acc[q][b] = _mm512_fmadd_ps(x, _mm512_set1_ps(w[((o0 + q) * in_ch + i) * k + t]), acc[q][b]);
+            }
+        }
+    }
+    for (int64_t q = 0; q < ob; q++)
+        for (int64_t b = 0; b < nb; b++) {
+            __m512 v = relu ? _mm512_max_ps(acc[q][b], _mm512_setzero_ps()) : acc[q][b];
+            _mm512_mask_storeu_ps(out + (o0 + q) * width + off + b * LANES, lanes_mask(f - b * LANES), v);
+        }
+}
+
+static inline __attribute__((always_inline)) void conv_rows(
+    const float *in, int64_t in_ch, int64_t out_ch, int64_t k, int64_t f, int64_t nb, int64_t width,
+    const float *w, const float *bias, int relu, float *out, int64_t off) {
+    int64_t o = 0;
+    if (nb <= 6) /* 4 x nb accumulators + the input block + 4 weights fit the 32 registers */
+        for (; o + 4 <= out_ch; o += 4) conv_rows_block(o, 4, in, in_ch, k, f, nb, width, w, bias, relu, out, off);
+    for (; o < out_ch; o++) conv_rows_block(o, 1, in, in_ch, k, f, nb, width, w, bias, relu, out, off);
+}
+
+/* acc[(ja b_ch + ib) k + t] += a[ja][pad + g] b[ib][g + t] over the frame's bands, lane by lane (a's pads are zero,
+ * so lanes past f add nothing), for jb channels of a from ja0; bias_acc[ja] += a[ja][pad + g]. Each (unaligned) load
+ * of b serves the jb channels, and the jb x k taps of one ib are independent chains in registers. */
+static inline __attribute__((always_inline)) void weight_grad_block(
+    int64_t ja0, int64_t jb, const float *a, const float *bm, int64_t b_ch, int64_t k, int64_t pad, int64_t nb,
+    int64_t width, __m512 *acc, __m512 *bias_acc) {
+    __m512 av[2][MAX_CONV_BLOCKS];
+    for (int64_t q = 0; q < jb; q++)
+        for (int64_t b = 0; b < nb; b++) {
+            av[q][b] = _mm512_loadu_ps(a + (ja0 + q) * width + pad + b * LANES);
+            bias_acc[ja0 + q] = _mm512_add_ps(bias_acc[ja0 + q], av[q][b]);
+        }
+    for (int64_t ib = 0; ib < b_ch; ib++) {
+        const float *src = bm + ib * width;
+        __m512 s[2][MAX_CONV_KERNEL];
+        for (int64_t q = 0; q < jb; q++)
+            for (int64_t t = 0; t < k; t++) s[q][t] = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; b++)
+            for (int64_t t = 0; t < k; t++) {
+                __m512 x = _mm512_loadu_ps(src + b * LANES + t);
+                for (int64_t q = 0; q < jb; q++) s[q][t] = _mm512_fmadd_ps(av[q][b], x, s[q][t]);
+            }
+        for (int64_t q = 0; q < jb; q++) {
+            __m512 *dst = acc + ((ja0 + q) * b_ch + ib) * k;
+            for (int64_t t = 0; t < k; t++) dst[t] = _mm512_add_ps(dst[t], s[q][t]);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void weight_grad_rows(
+    const float *a, int64_t a_ch, const float *bm, int64_t b_ch, int64_t k, int64_t pad, int64_t nb, int64_t width,
+    __m512 *acc, __m512 *bias_acc) {
+    int64_t ja = 0;
+    if (2 * nb + 2 * k < 32) /* the registers hold two channels' blocks and taps */
+        for (; ja + 2 <= a_ch; ja += 2) weight_grad_block(ja, 2, a, bm, b_ch, k, pad, nb, width, acc, bias_acc);
+    for (; ja < a_ch; ja++) weight_grad_block(ja, 1, a, bm, b_ch, k, pad, nb, width, acc, bias_acc);
+}
+
+static void flush_sums(__m512 *acc, int64_t n, double *out) {
+    for (int64_t i = 0; i < n; i++) {
+        out[i] += (double)_mm512_reduce_add_ps(acc[i]);
+        acc[i] = _mm512_setzero_ps();
+    }
+}
+
+static inline __attribute__((always_inline)) int conv_block_forward_impl(
+    int64_t row0, int64_t rows, int64_t f, int64_t c, int64_t hidden, int64_t k, const float *h, const float *w1,
+    const float *b1, const float *w2, const float *b2, float *y) {
+    conv_shape s = conv_shape_of(f, c, hidden, k);
+    float *hT = calloc((size_t)(c * s.width), sizeof(float)), *rT = calloc((size_t)(hidden * s.width), sizeof(float));
+    float *yT = calloc((size_t)(c * s.width), sizeof(float));
+    int ok = hT && rT && yT;
+    for (int64_t r = row0; ok && r < row0 + rows; r++) {
+        transpose_in(h + r * f * c, f, c, s.pad, s.width, hT);
+        conv_rows(hT, c, hidden, k, f, s.nb, s.width, w1, b1, 1, rT, s.pad);
+        conv_rows(rT, hidden, c, k, f, s.nb, s.width, w2, b2, 0, yT, 0);
+        transpose_out(yT, f, c, 0, s.width, y + r * f * c);
+    }
+    free(hT), free(rT), free(yT);
+    return ok ? 0 : -1;
+}
+
+/* Frames [row0, row0 + rows) of h (N, f, c) -> y (N, f, c). 0, or -1 when scratch memory is short. */
+int atfnn_conv_block_forward(int64_t row0, int64_t rows, int64_t f, int64_t c, int64_t hidden, int64_t k,
+                             const float *h, const float *w1, const float *b1, const float *w2, const float *b2,
+                             float *y) {
+    if (f == 80 && c == 8 && hidden == 32 && k == 5) /* the paper's sizes, as constants */
+        return conv_block_forward_impl(row0, rows, 80, 8, 32, 5, h, w1, b1, w2, b2, y);
+    return conv_block_forward_impl(row0, rows, f, c, hidden, k, h, w1, b1, w2, b2, y);
+}
+
+static inline __attribute__((always_inline)) int conv_block_backward_impl(
+    int64_t row0, int64_t rows, int64_t f, int64_t c, int64_t hidden, int64_t k, const float *h, const float *w1,
+    const float *b1, const float *w2, const float *grad_y, float *grad_h, double *gw1, double *gb1, double *gw2,
+    double *gb2) {
+    conv_shape s = conv_shape_of(f, c, hidden, k);
+    int64_t n1 = hidden * c * k;
+    float *hT = calloc((size_t)(c * s.width), sizeof(float)), *rT = calloc((size_t)(hidden * s.width), sizeof(float));
+    float *gyT = calloc((size_t)(c * s.width), sizeof(float)), *guT = calloc((size_t)(hidden * s.width), sizeof(float));
+    float *ghT = calloc((size_t)(c * s.width), sizeof(float));
+    /* The transposed convolutions are convolutions with the weights flipped along the taps, in and out swapped. */
+    float *w1f = malloc((size_t)n1 * sizeof(float)), *w2f = malloc((size_t)n1 * sizeof(float));
+    __m512 *acc = _mm_malloc((size_t)(2 * n1 + c + hidden) * sizeof(__m512), 64);
+    int ok = hT && rT && gyT && guT && ghT && w1f && w2f && acc;
+    if (ok) {
+        for (int64_t o = 0; o < hidden; o++)
+            for (int64_t i = 0; i < c; i++)
+                for (int64_t t = 0; t < k; t++) {
+                    w1f[(i * hidden + o) * k + t] = w1[(o * c + i) * k + (k - 1 - t)];
+                    w2f[(o * c + i) * k + t] = w2[(i * hidden + o) * k + (k - 1 - t)];
+                }
+        for (int64_t i = 0; i < 2 * n1 + c + hidden; i++) acc[i] = _mm512_setzero_ps();
+    }
+    __m512 *acc_w1 = acc, *acc_w2 = acc + n1, *acc_b1 = acc + 2 * n1, *acc_b2 = acc + 2 * n1 + hidden;
+    for (int64_t r = row0; ok && r < row0 + rows; r++) {
+        transpose_in(h + r * f * c, f, c, s.pad, s.width, hT);
+        conv_rows(hT, c, hidden, k, f, s.nb, s.width, w1, b1, 1, rT, s.pad); /* relu(u), recomputed */
+        transpose_in(grad_y + r * f * c, f, c, s.pad, s.width, gyT);
+        /* grad of relu(u): conv2 transposed, then zero where u <= 0 (relu(u) = 0, as torch's threshold_backward) */
+        conv_rows(gyT, c, hidden, k, f, s.nb, s.width, w2f, NULL, 0, guT, s.pad);
+        for (int64_t o = 0; o < hidden; o++)
+            for (int64_t b = 0; b < s.nb; b++) {
+                float *gp = guT + o * s.width + s.pad + b * LANES;
+                __mmask16 on = _mm512_cmp_ps_mask(_mm512_loadu_ps(rT + o * s.width + s.pad + b * LANES),
+                                                  _mm512_setzero_ps(), _CMP_GT_OQ);
+                _mm512_mask_storeu_ps(gp, lanes_mask(f - b * LANES), _mm512_maskz_mov_ps(on, _mm512_loadu_ps(gp)));
+            }
+        conv_rows(guT, hidden, c, k, f, s.nb, s.width, w1f, NULL, 0, ghT, 0);
+        transpose_out(ghT, f, c, 0, s.width, grad_h + r * f * c);
+        weight_grad_rows(gyT, c, rT, hidden, k, s.pad, s.nb, s.width, acc_w2, acc_b2);
+        weight_grad_rows(guT, hidden, hT, c, k, s.pad, s.nb, s.width, acc_w1, acc_b1);
+        if ((r - row0 + 1) % CONV_SUM_FRAMES == 0 || r == row0 + rows - 1) {
+            flush_sums(acc_w1, n1, gw1), flush_sums(acc_w2, n1, gw2);
+            flush_sums(acc_b1, hidden, gb1), flush_sums(acc_b2, c, gb2);
+        }
+    }
+    free(hT), free(rT), free(gyT), free(guT), free(ghT), free(w1f), free(w2f);
+    if (acc) _mm_free(acc);
+    return ok ? 0 : -1;
+}
+
+/* The backward of atfnn_conv_block_forward for frames [row0, row0 + rows): grad_h (N, f, c) is written, the weight
+ * and bias gradients (doubles, each thread its own) are accumulated into. 0, or -1 when scratch memory is short. */
+int atfnn_conv_block_backward(int64_t row0, int64_t rows, int64_t f, int64_t c, int64_t hidden, int64_t k,
+                              const float *h, const float *w1, const float *b1, const float *w2, const float *grad_y,
+                              float *grad_h, double *gw1, double *gb1, double *gw2, double *gb2) {
+    if (f == 80 && c == 8 && hidden == 32 && k == 5)
+        return conv_block_backward_impl(row0, rows, 80, 8, 32, 5, h, w1, b1, w2, grad_y, grad_h, gw1, gb1, gw2, gb2);
+    return conv_block_backward_impl(row0, rows, f, c, hidden, k, h, w1, b1, w2, grad_y, grad_h, gw1, gb1, gw2, gb2);
+}
+#endif
+
 /* Which loops this build runs: kernels.status() reports it. */
 const char *atfnn_build(void) {
 #ifdef ATFNN_AVX512
-    return "AVX-512 attention";
+    return "AVX-512";
 #else
     return "portable C";
 #endif
