@@ -86,7 +86,9 @@ class TrainConfig:
     class_weighting: bool = False
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    # fp32 | bf16 (autocast of the whole network) | bf16-lstm (autocast of the T-Encoder's Bi-LSTM only; the rest
+    # fp32, docs/performance.md) | fp16 (CUDA)
+    precision: str = "fp32"
     threads: int = 0  # 0 = torch default
     grad_clip: float = 0.0  # 0 = off
     spec_augment: bool = False  # not in the paper; option for "beyond the paper" runs
@@ -264,7 +266,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.embedding_norm": ("none", "speaker"),
     "train.optimizer": ("adam", "adamw"),
     "train.select_metric": ("uar", "war", "loss"),
-    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.precision": ("fp32", "bf16", "bf16-lstm", "fp16"),
     "train.aggregate": ("mean", "vote", "max"),
     "protocol.kind": ("loso", "loso_session"),
     "protocol.validation": ("utterances", "speaker"),

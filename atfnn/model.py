@@ -15,7 +15,10 @@ ops where they cannot be built).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +39,21 @@ PARTS = {
     "afnn": (True, True, False, False),
     "atnn": (False, False, True, True),
 }
+
+
+# The dtype the T-Encoder's Bi-LSTM autocasts to under `t_encoder_autocast` (train.precision=bf16-lstm), else None.
+_T_ENCODER_DTYPE: contextvars.ContextVar[torch.dtype | None] = contextvars.ContextVar("t_encoder_dtype", default=None)
+
+
+@contextlib.contextmanager
+def t_encoder_autocast(dtype: torch.dtype) -> Iterator[None]:
+    """Autocast for the T-Encoder's Bi-LSTM only (train.precision=bf16-lstm): everything before it stays fp32 (and
+    on the fused kernels), and the encoding it returns is fp32."""
+    token = _T_ENCODER_DTYPE.set(dtype)
+    try:
+        yield
+    finally:
+        _T_ENCODER_DTYPE.reset(token)
 
 
 def _activate(scores: Tensor, kind: str, group_dim: int) -> Tensor:
@@ -198,8 +216,12 @@ class TEncoder(nn.Module):
         self.lstm = nn.LSTM(input_size, hidden, layers, batch_first=True, bidirectional=True, dropout=dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        _, (h_n, _) = self.lstm(x)  # h_n (layers * 2, B, hidden); the last two are the top layer's directions
-        return torch.cat([h_n[-2], h_n[-1]], dim=1)
+        dtype = _T_ENCODER_DTYPE.get()
+        # Only entered when set: autocast(enabled=False) would switch off an enclosing whole-model autocast.
+        with torch.autocast(x.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+            _, (h_n, _) = self.lstm(x)  # h_n (layers * 2, B, hidden); the last two are the top layer's directions
+        h = torch.cat([h_n[-2], h_n[-1]], dim=1)
+        return h.float() if dtype is not None else h
 
 
 class SpeakerNorm(nn.Module):

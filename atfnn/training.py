@@ -28,7 +28,7 @@ from atfnn.aggregate import aggregate
 from atfnn.config import ModelConfig, TrainConfig
 from atfnn.errors import ConfigError
 from atfnn.metrics import uar, war
-from atfnn.model import ATFNN, build_model
+from atfnn.model import ATFNN, build_model, t_encoder_autocast
 
 CHECKPOINT = "last.pt"
 LOG = "log.csv"
@@ -79,9 +79,12 @@ def seed_everything(seed: int) -> None:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast, or nothing for fp32 (fp16 only on CUDA, where it is supported)."""
+    """bf16/fp16 autocast of the whole network, bf16 for the T-Encoder's Bi-LSTM only (bf16-lstm), or nothing for
+    fp32 (fp16 only on CUDA, where it is supported)."""
     if precision == "fp32":
         return contextlib.nullcontext()
+    if precision == "bf16-lstm":
+        return t_encoder_autocast(torch.bfloat16)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     if device.type == "cpu" and dtype == torch.float16:
         raise ValueError("train.precision=fp16 needs CUDA; use bf16 or fp32 on the CPU")

@@ -22,7 +22,7 @@ RUN = Path(__file__).resolve().parent / "run.py"
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 = what each --jobs worker uses)")
-    parser.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    parser.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16, bf16-lstm")
     parser.add_argument("--rows", type=int, default=15, help="operators listed")
     parser.add_argument("--batch", type=int, default=None, help="segments per step (default: run.py's, 128)")
     parser.add_argument("--torch-ops", action="store_true", help="without atfnn.kernels (the F-Encoder on torch ops)")
@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     for precision in [p.strip() for p in args.precision.split(",") if p.strip()]:
         torch.manual_seed(0)
         model = bench.build_model(bench.ModelConfig(), bench.N_CLASSES)
-        step = bench.train_step_fn(model, x, y, {"fp32": None, "bf16": torch.bfloat16}[precision],
-                                   fused=not args.torch_ops)
+        step = bench.train_step_fn(model, x, y, None if precision == "fp32" else torch.bfloat16,
+                                   fused=not args.torch_ops, lstm_only=precision == "bf16-lstm")
         step()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             step()

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from atfnn import audio, kernels  # noqa: E402
 from atfnn.config import FrontEndConfig, ModelConfig  # noqa: E402
-from atfnn.model import VARIANTS, build_model  # noqa: E402
+from atfnn.model import VARIANTS, build_model, t_encoder_autocast  # noqa: E402
 from atfnn.runtime import cpu_count, tune_allocator  # noqa: E402
 
 REFERENCE_FILE = ROOT / "benchmarks" / "reference_model.py"
@@ -83,15 +83,20 @@ def batch(size: int = BATCH, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def train_step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None = None,
-                  fused: bool = True):
+                  fused: bool = True, lstm_only: bool = False):
     """A closure running one training step (forward, cross-entropy, backward, Adam), as atfnn.training does;
-    fused=False runs the optimised model on torch ops instead of atfnn.kernels."""
+    fused=False runs the optimised model on torch ops instead of atfnn.kernels; lstm_only autocasts the T-Encoder
+    alone (train.precision=bf16-lstm)."""
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
 
     def step() -> None:
         with contextlib.nullcontext() if fused else kernels.disabled():
-            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            if lstm_only and dtype is not None:
+                cast = t_encoder_autocast(dtype)
+            else:
+                cast = torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+            with cast:
                 logits = model(x)
             loss = torch.nn.functional.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
@@ -233,13 +238,14 @@ def bench_autocast(reference, repeats: int) -> dict:
     # fp16 autocast is CUDA-only in atfnn (train.precision), and the reference in bf16 (minutes per repeat where
     # bf16 is emulated) adds nothing to the question "how much faster is bf16 training than fp32".
     runs = [("optimised_fp32", model, None, True), ("reference_fp32", ref, None, True),
-            ("optimised_bf16", model, torch.bfloat16, True)]
+            ("optimised_bf16", model, torch.bfloat16, True), ("optimised_bf16_lstm", model, torch.bfloat16, "lstm")]
     if fused_available():  # the optimised model on torch ops, to show what atfnn.kernels adds in each precision
         runs += [("optimised_fp32_torch_ops", copy.deepcopy(model), None, False),
                  ("optimised_bf16_torch_ops", copy.deepcopy(model), torch.bfloat16, False)]
     runs += [("t_encoder_alone_fp32", model, None, None), ("t_encoder_alone_bf16", model, torch.bfloat16, None)]
     for key, m, dtype, fused in runs:
-        step = t_encoder_step_fn(m, dtype) if fused is None else train_step_fn(m, x, y, dtype, fused)
+        step = (t_encoder_step_fn(m, dtype) if fused is None
+                else train_step_fn(m, x, y, dtype, bool(fused), lstm_only=fused == "lstm"))
         try:
             step()  # warm-up, and a check that this build supports it
             steps[key] = step
@@ -260,6 +266,10 @@ def bench_autocast(reference, repeats: int) -> dict:
             out["optimised_bf16"]["per_s"] / out["optimised_fp32"]["per_s"], 2)
         log(f"autocast: optimised bf16 / reference fp32 x{out['ratio_optimised_bf16_to_reference_fp32']}, "
             f"/ optimised fp32 x{out['ratio_optimised_bf16_to_optimised_fp32']}")
+    if "optimised_bf16_lstm" in times and "reference_fp32" in times:
+        for other in ("reference_fp32", "optimised_fp32"):
+            out[f"ratio_optimised_bf16_lstm_to_{other}"] = round(
+                out["optimised_bf16_lstm"]["per_s"] / out[other]["per_s"], 2)
     for precision in ("fp32", "bf16"):
         fused, plain = f"optimised_{precision}", f"optimised_{precision}_torch_ops"
         if fused in times and plain in times:
