@@ -47,6 +47,7 @@ def test_autocast_benchmark_reports_ratios_against_the_reference(tmp_path, monke
     ratio = saved["ratio_optimised_fp32_to_reference_fp32"]
     assert ratio == round(saved["optimised_fp32"]["per_s"] / saved["reference_fp32"]["per_s"], 2)
     assert f"optimised fp32 to reference fp32: x{ratio}" in (tmp_path / "results.md").read_text()
+    assert "optimised_bf16_lstm" in saved  # train.precision=bf16-lstm: timed, or its error reported
 
 
 def test_profile_step_writes_a_table_per_precision(tmp_path):

@@ -180,6 +180,35 @@ def test_bf16_autocast_runs_the_scalar_attention_in_fp32_and_stays_close_to_fp32
     assert torch.allclose(mixed.float(), full, atol=0.02 * full.abs().max().item())
 
 
+def test_bf16_lstm_precision_autocasts_the_t_encoder_alone_and_returns_fp32():
+    from atfnn.training import autocast
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(), 4).train()
+    seen = {}
+    model.t_encoder.lstm.register_forward_pre_hook(lambda m, a: seen.update(lstm=torch.is_autocast_enabled("cpu")))
+    model.f_encoder.register_forward_pre_hook(lambda m, a: seen.update(f_encoder=torch.is_autocast_enabled("cpu")))
+    model.classifier.register_forward_pre_hook(lambda m, a: seen.update(head=(torch.is_autocast_enabled("cpu"),
+                                                                             a[0].dtype)))
+    x = torch.randn(2, 80, 128) * 3 - 6
+    with autocast(torch.device("cpu"), "bf16-lstm"):
+        logits = model(x)
+    assert seen == {"f_encoder": False, "lstm": True, "head": (False, torch.float32)}
+    assert logits.dtype == torch.float32
+    logits.sum().backward()
+    assert model.t_encoder.lstm.weight_ih_l0.grad.dtype == torch.float32
+    with torch.no_grad():
+        model.eval()
+        full = model(x)
+        with autocast(torch.device("cpu"), "bf16-lstm"):
+            mixed = model(x)
+    assert not torch.equal(mixed, full)  # the Bi-LSTM really ran in bf16
+    assert torch.allclose(mixed, full, atol=0.02 * full.abs().max().item())
+    with autocast(torch.device("cpu"), "bf16"):  # the whole-network autocast still reaches the Bi-LSTM
+        model(x)
+    assert seen["f_encoder"] and seen["lstm"]
+
+
 # --- model.embedding_norm="speaker" (not in the paper) -------------------------------------------------------------
 
 def test_speaker_norm_standardises_each_speaker_with_its_own_statistics():
