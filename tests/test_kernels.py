@@ -44,15 +44,24 @@ def _attention_case(n: int, heads: int, f: int, spread: float, seed: int = 0):
 @pytest.mark.parametrize("spread", [0.05, 1.0], ids=["flat-softmax", "peaked-softmax"])
 def test_scalar_attention_forward_and_backward_match_float64(f, spread):
     queries, keys, grad = _attention_case(300, 2, f, spread)
-    q64, k64 = queries.double().requires_grad_(), keys.double().requires_grad_()
-    truth = _sdpa(q64, k64)
-    truth.backward(grad.double())
+    _assert_matches_float64(_kernel_output_and_grads(queries, keys, grad), queries, keys, grad, f"{f} bands")
+
+
+def _kernel_output_and_grads(queries, keys, grad):
     q32, k32 = queries.clone().requires_grad_(), keys.clone().requires_grad_()
     got = kernels.scalar_attention(q32, k32)
     got.backward(grad)
-    for name, a, b in (("m", got.detach(), truth.detach()), ("dq", q32.grad, q64.grad), ("dk", k32.grad, k64.grad)):
+    return got.detach(), q32.grad, k32.grad
+
+
+def _assert_matches_float64(got, queries, keys, grad, what: str):
+    """got = (m, dq, dk) of the fp32 kernel, each within 2e-5 of its largest float64 value."""
+    q64, k64 = queries.double().requires_grad_(), keys.double().requires_grad_()
+    truth = _sdpa(q64, k64)
+    truth.backward(grad.double())
+    for name, a, b in zip(("m", "dq", "dk"), got, (truth.detach(), q64.grad, k64.grad)):
         err = float((a.double() - b).abs().max())
-        assert err <= 2e-5 * float(b.abs().max()) + 1e-6, f"{name}: max error {err:.3g}"
+        assert err <= 2e-5 * float(b.abs().max()) + 1e-6, f"{what}, {name}: max error {err:.3g}"
 
 
 def test_portable_build_matches_float64_like_the_default_build(tmp_path):
@@ -78,16 +87,9 @@ def test_portable_build_matches_float64_like_the_default_build(tmp_path):
     assert portable["status"] == "fused C kernels (portable C)"
     for f in (80, 17):
         queries, keys, grad = _attention_case(300, 2, f, 1.0)
-        q64, k64 = queries.double().requires_grad_(), keys.double().requires_grad_()
-        truth = _sdpa(q64, k64)
-        truth.backward(grad.double())
-        q32, k32 = queries.clone().requires_grad_(), keys.clone().requires_grad_()
-        default = kernels.scalar_attention(q32, k32)
-        default.backward(grad)
-        for build, got in (("portable", portable[f]), ("default", (default.detach(), q32.grad, k32.grad))):
-            for name, a, b in zip(("m", "dq", "dk"), got, (truth.detach(), q64.grad, k64.grad)):
-                err = float((a.double() - b).abs().max())
-                assert err <= 2e-5 * float(b.abs().max()) + 1e-6, f"{build} build, {f} bands, {name}: error {err:.3g}"
+        _assert_matches_float64(portable[f], queries, keys, grad, f"portable build, {f} bands")
+        _assert_matches_float64(_kernel_output_and_grads(queries, keys, grad), queries, keys, grad,
+                                f"default build, {f} bands")
 
 
 def test_scalar_attention_is_about_as_accurate_as_torch_in_fp32():

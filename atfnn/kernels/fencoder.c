@@ -50,17 +50,24 @@ static inline float exp_nonpositive(float t) {
  * no horizontal sums inside the loops, and the per-query constants stay in registers. */
 #define LANES 16
 
+/* The largest and smallest key of a frame: with them the row maximum of a_i x_j is analytic. */
+static inline __attribute__((always_inline)) void key_range(const float *xb, int64_t f, float *xmax, float *xmin) {
+    float hi = xb[0], lo = xb[0];
+    for (int64_t j = 1; j < f; j++) {
+        hi = xb[j] > hi ? xb[j] : hi;
+        lo = xb[j] < lo ? xb[j] : lo;
+    }
+    *xmax = hi, *xmin = lo;
+}
+
 static inline __attribute__((always_inline)) void attention_forward_impl(
     int64_t frame0, int64_t frames, int64_t heads, int64_t f, const float *a, const float *x, float *m,
     float *row_max, float *row_inv_sum) {
     int64_t nq = heads * f;
     for (int64_t b = frame0; b < frame0 + frames; b++) {
         const float *xb = x + b * f;
-        float xmax = xb[0], xmin = xb[0];
-        for (int64_t j = 1; j < f; j++) {
-            xmax = xb[j] > xmax ? xb[j] : xmax;
-            xmin = xb[j] < xmin ? xb[j] : xmin;
-        }
+        float xmax, xmin;
+        key_range(xb, f, &xmax, &xmin);
         for (int64_t q0 = 0; q0 < nq; q0 += LANES) {
             int64_t base = b * nq + q0, width = nq - q0 < LANES ? nq - q0 : LANES;
             float av[LANES], mx[LANES], s0[LANES], s1[LANES];
@@ -122,11 +129,8 @@ static void attention_forward_avx512(int64_t frame0, int64_t frames, int64_t hea
     int64_t nq = heads * f;
     for (int64_t b = frame0; b < frame0 + frames; b++) {
         const float *xb = x + b * f;
-        float xmax = xb[0], xmin = xb[0];
-        for (int64_t j = 1; j < f; j++) {
-            xmax = xb[j] > xmax ? xb[j] : xmax;
-            xmin = xb[j] < xmin ? xb[j] : xmin;
-        }
+        float xmax, xmin;
+        key_range(xb, f, &xmax, &xmin);
         for (int64_t q0 = 0; q0 < nq; q0 += LANES) {
             int64_t base = b * nq + q0;
             __mmask16 k = lanes_mask(nq - q0); /* lanes past the last query compute exp(0) and are not stored */
