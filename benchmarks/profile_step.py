@@ -17,12 +17,13 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 RUN = Path(__file__).resolve().parent / "run.py"
+PRECISIONS = ("fp32", "bf16", "bf16-lstm")  # train.precision's CPU values
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 = what each --jobs worker uses)")
-    parser.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16, bf16-lstm")
+    parser.add_argument("--precision", default="fp32,bf16", help=f"comma-separated: {', '.join(PRECISIONS)}")
     parser.add_argument("--rows", type=int, default=15, help="operators listed")
     parser.add_argument("--batch", type=int, default=None, help="segments per step (default: run.py's, 128)")
     parser.add_argument("--torch-ops", action="store_true", help="without atfnn.kernels (the F-Encoder on torch ops)")
@@ -37,7 +38,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
     batch_size = args.batch or bench.BATCH
     x, y = bench.batch(batch_size)
     written = []
-    for precision in [p.strip() for p in args.precision.split(",") if p.strip()]:
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    unknown = sorted(set(precisions) - set(PRECISIONS))
+    if unknown:
+        parser.error(f"--precision: unknown {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}")
+    for precision in precisions:
         torch.manual_seed(0)
         model = bench.build_model(bench.ModelConfig(), bench.N_CLASSES)
         step = bench.train_step_fn(model, x, y, None if precision == "fp32" else torch.bfloat16,

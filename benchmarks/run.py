@@ -237,15 +237,18 @@ def bench_autocast(reference, repeats: int) -> dict:
     steps = {}
     # fp16 autocast is CUDA-only in atfnn (train.precision), and the reference in bf16 (minutes per repeat where
     # bf16 is emulated) adds nothing to the question "how much faster is bf16 training than fp32".
-    runs = [("optimised_fp32", model, None, True), ("reference_fp32", ref, None, True),
-            ("optimised_bf16", model, torch.bfloat16, True), ("optimised_bf16_lstm", model, torch.bfloat16, "lstm")]
+    # (key, model, autocast dtype, what runs): "step" a training step, "torch ops" one without atfnn.kernels,
+    # "lstm" one with train.precision=bf16-lstm's autocast, "t-encoder" the T-Encoder alone.
+    runs = [("optimised_fp32", model, None, "step"), ("reference_fp32", ref, None, "step"),
+            ("optimised_bf16", model, torch.bfloat16, "step"), ("optimised_bf16_lstm", model, torch.bfloat16, "lstm")]
     if fused_available():  # the optimised model on torch ops, to show what atfnn.kernels adds in each precision
-        runs += [("optimised_fp32_torch_ops", copy.deepcopy(model), None, False),
-                 ("optimised_bf16_torch_ops", copy.deepcopy(model), torch.bfloat16, False)]
-    runs += [("t_encoder_alone_fp32", model, None, None), ("t_encoder_alone_bf16", model, torch.bfloat16, None)]
-    for key, m, dtype, fused in runs:
-        step = (t_encoder_step_fn(m, dtype) if fused is None
-                else train_step_fn(m, x, y, dtype, bool(fused), lstm_only=fused == "lstm"))
+        runs += [("optimised_fp32_torch_ops", copy.deepcopy(model), None, "torch ops"),
+                 ("optimised_bf16_torch_ops", copy.deepcopy(model), torch.bfloat16, "torch ops")]
+    runs += [("t_encoder_alone_fp32", model, None, "t-encoder"),
+             ("t_encoder_alone_bf16", model, torch.bfloat16, "t-encoder")]
+    for key, m, dtype, kind in runs:
+        step = (t_encoder_step_fn(m, dtype) if kind == "t-encoder"
+                else train_step_fn(m, x, y, dtype, fused=kind != "torch ops", lstm_only=kind == "lstm"))
         try:
             step()  # warm-up, and a check that this build supports it
             steps[key] = step
