@@ -2,14 +2,24 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import json
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence, TextIO
 
 from atfnn.errors import ATFNNError
 
+if TYPE_CHECKING:
+    from atfnn.inference import Failure, Prediction
+
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
+FORMATS = ("table", "json", "csv")
+# Exit codes: predict's 1 is "some files failed"; 141 is a shell's code for a reader that closed the pipe (SIGPIPE).
+EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 
 
 def _split(values: Sequence[str] | None) -> list[str] | None:
@@ -19,12 +29,27 @@ def _split(values: Sequence[str] | None) -> list[str] | None:
 
 
 def _config(args: argparse.Namespace):
+    """The experiment config of the command line, checked (device included) before any corpus is read."""
     from atfnn.config import load_config
+    from atfnn.runtime import resolve_device
 
     overrides = list(args.set or [])
     if getattr(args, "device", None):
         overrides.append(f"train.device={args.device}")
-    return load_config(args.config, overrides)
+    config = load_config(args.config, overrides)
+    resolve_device(config.train.device, "--device" if getattr(args, "device", None) else "train.device")
+    return config
+
+
+def _positive(text: str) -> int:
+    """argparse type of counts (--jobs, --seeds, --epochs): an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -138,15 +163,113 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from atfnn.inference import predict_main
-
     return predict_main(args.model, args.inputs, format=args.format, timeline=args.timeline, backend=args.backend,
                         device=args.device)
+
+
+def predict_main(
+    model: str,
+    inputs: Sequence[str],
+    format: str = "table",
+    timeline: bool = False,
+    backend: str | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """`atfnn predict`: one line per file (plus one per segment with `timeline`) on `out`.
+
+    `backend` None picks onnx for a path ending in .onnx. Failures: on `err` for "table", in-band for "json" (an
+    object with "error") and "csv" (the error column), and the other files still print. Exit code 0 when every
+    file was classified, 1 when some failed, 2 when none was (or the model cannot be loaded, or an option is
+    invalid). "json" is JSON Lines: one object per line.
+    """
+    from atfnn.inference import DEFAULT_BATCH, Prediction, collect_audio_files, load
+
+    out, err = out or sys.stdout, err or sys.stderr
+    if format not in FORMATS:
+        print(f"atfnn: error: unknown format {format!r}; available: {', '.join(FORMATS)}", file=err)
+        return EXIT_ERROR
+    try:
+        predictor = load(model, device=device, backend=backend)
+    except (ATFNNError, OSError) as e:
+        print(f"atfnn: error: {e}", file=err)
+        return EXIT_ERROR
+    files, missing = collect_audio_files(inputs)
+    results = [*missing, *predictor.predict_many(files, batch_size or DEFAULT_BATCH)]
+    WRITERS[format](results, predictor.labels, timeline, out, err)
+    n_ok = sum(isinstance(r, Prediction) for r in results)
+    if n_ok == 0:
+        return EXIT_ERROR
+    return EXIT_OK if n_ok == len(results) else EXIT_SOME_FAILED
+
+
+def _write_table(results: list[Prediction | Failure], labels: list[str], timeline: bool, out: TextIO,
+                 err: TextIO) -> None:
+    from atfnn.inference import Failure, Prediction
+
+    ok = [r for r in results if isinstance(r, Prediction)]
+    width = max([len("file")] + [len(r.path or "") for r in ok])
+    columns = "".join(f"{label[:8]:>9}" for label in labels)
+    if ok:
+        print(f"{'file':<{width}}  {'label':<10}{columns}", file=out)
+    for r in ok:
+        print(f"{r.path:<{width}}  {r.label:<10}{_prob_cells(r.probs)}", file=out)
+        if timeline:
+            for s in r.timeline:
+                span = f"  {s.start:7.2f}-{s.end:.2f} s"
+                print(f"{span:<{width}}  {s.label:<10}{_prob_cells(s.probs)}", file=out)
+    for r in results:
+        if isinstance(r, Failure):
+            print(f"error: {r.path}: {r.reason}", file=err)
+    if len(ok) < len(results):
+        print(f"{len(results) - len(ok)} of {len(results)} file(s) failed", file=err)
+
+
+def _prob_cells(probs: dict[str, float]) -> str:
+    return "".join(f"{p:9.3f}" for p in probs.values())
+
+
+def _write_json(results: list[Prediction | Failure], labels: list[str], timeline: bool, out: TextIO,
+                err: TextIO) -> None:
+    from atfnn.inference import Prediction
+
+    for r in results:
+        data = r.to_dict(timeline) if isinstance(r, Prediction) else r.to_dict()
+        print(json.dumps(data, ensure_ascii=False), file=out)
+
+
+def _write_csv(results: list[Prediction | Failure], labels: list[str], timeline: bool, out: TextIO,
+               err: TextIO) -> None:
+    """Columns: path, segment, start, end, label, one per class, error. The file's row has an empty segment."""
+    from atfnn.inference import Failure
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "segment", "start", "end", "label", *labels, "error"])
+    blank = [""] * len(labels)
+    for r in results:
+        if isinstance(r, Failure):
+            writer.writerow([r.path, "", "", "", "", *blank, r.reason])
+            continue
+        writer.writerow([r.path, "", "0.0000", f"{r.duration:.4f}", r.label, *_prob_list(r.probs), ""])
+        for k, s in enumerate(r.timeline if timeline else []):
+            writer.writerow([r.path, k, f"{s.start:.4f}", f"{s.end:.4f}", s.label, *_prob_list(s.probs), ""])
+    out.write(buffer.getvalue())
+
+
+def _prob_list(probs: dict[str, float]) -> list[str]:
+    return [f"{p:.6f}" for p in probs.values()]
+
+
+WRITERS = {"table": _write_table, "json": _write_json, "csv": _write_csv}
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from atfnn.explain import explain_corpus_main, explain_main
 
+    _torch_model_dir(args.model)
     if args.corpus:
         return explain_corpus_main(
             args.model, args.corpus, args.out, limit_per_class=args.limit_per_class, speakers=_split(args.speaker)
@@ -156,10 +279,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return explain_main(args.model, args.audio, args.out)
 
 
+def _torch_model_dir(path: str) -> None:
+    """explain needs the PyTorch network (its attention maps); an exported .onnx file has only the logits."""
+    if Path(path).suffix.lower() == ".onnx":
+        raise ATFNNError(
+            f"{path}: atfnn explain reads the attention maps of the PyTorch network, which an .onnx file does not "
+            "keep; pass the model directory it was exported from"
+        )
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from atfnn.export import export_onnx
 
-    print(export_onnx(args.model, args.onnx))
+    path = export_onnx(args.model, args.onnx)
+    print(f"wrote {path} (network only: the log-Mel front end runs in Python, see atfnn.inference)")
     return 0
 
 
@@ -180,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic corpus")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
-    p.add_argument("--jobs", type=int, help="folds trained at once (default: one per core)")
+    p.add_argument("--jobs", type=_positive, help="folds trained at once (default: one per core)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -188,12 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     experiment_args(p)
     p.add_argument("--out", required=True, help="run directory; rerunning the same command resumes")
     p.add_argument("--folds", action="append", help="only these test speakers/sessions (comma-separated)")
-    p.add_argument("--seeds", type=int, default=1, help="repeat with seeds train.seed, train.seed+1, ...")
+    p.add_argument("--seeds", type=_positive, default=1, help="repeat with seeds train.seed, train.seed+1, ...")
     p.add_argument("--final", action="store_true", help="train on all speakers (epochs: --epochs or the CV run's median best epoch)")
-    p.add_argument("--epochs", type=int, help="epoch count for --final")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="folds trained at once, each in its own process with its share of the cores (CPU: 2 on 2 cores "
-                        "is ~1.3x faster than 1; see docs/performance.md)")
+    p.add_argument("--epochs", type=_positive, help="epoch count for --final")
+    p.add_argument("--jobs", type=_positive, default=1,
+                   help="folds trained at once, each in its own process with its share of the cores "
+                        "(docs/performance.md)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("prepare", help="compute (or reuse) the cached log-Mel features of a config's corpus")
@@ -229,8 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="audio files or directories (walked recursively)")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--timeline", action="store_true", help="per-segment probabilities over time")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
-    p.add_argument("--device")
+    p.add_argument("--backend", choices=["torch", "onnx"], help="default: onnx for an .onnx file, else torch")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("explain", help="Fig. 6: log-Mel, F- and T-Attention of a file, or per-emotion profiles")
@@ -238,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio", nargs="?")
     p.add_argument("--corpus", metavar="CONFIG", help="average F-Attention per emotion over this config's corpus")
     p.add_argument("--out", required=True, help="PNG file (one audio) or directory (--corpus)")
-    p.add_argument("--limit-per-class", type=int, help="with --corpus: at most N utterances per emotion")
+    p.add_argument("--limit-per-class", type=_positive, help="with --corpus: at most N utterances per emotion")
     p.add_argument("--speaker", action="append", help="with --corpus: only these speakers (a fold's test speaker)")
     p.set_defaults(func=cmd_explain)
 
@@ -255,10 +388,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except ATFNNError as e:
         print(f"atfnn: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("\natfnn: interrupted; finished folds are kept, rerun the same command to resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _silence_stdout() -> None:
+    """The reader of our output has gone (`atfnn predict ... | head`): point stdout at /dev/null, so that the
+    interpreter's final flush of what is still buffered does not raise again at exit (Python's documented recipe)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in tests)
+        pass
 
 
 if __name__ == "__main__":

@@ -23,3 +23,7 @@ class CorpusError(ATFNNError):
 
 class ConfigError(ATFNNError):
     """A configuration value or override is invalid, or a run directory belongs to another configuration."""
+
+
+class ModelFileError(ATFNNError):
+    """A saved model (directory, card, weights or ONNX file) is missing, unreadable or corrupt; names the file."""

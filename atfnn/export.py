@@ -1,7 +1,7 @@
 """Export a trained model to ONNX: the network only, log-Mel segments (batch, n_mels, frames) -> logits.
 
 The front end (loading, resampling, log-Mel, segmenting, normalising) stays in Python: `atfnn.inference` runs the
-same pre- and post-processing for both backends (`atfnn.load("model.onnx")`, `atfnn predict --backend onnx`).
+same pre- and post-processing for both backends (`atfnn.load("model.onnx")`, `atfnn predict model.onnx`).
 The file describes itself: labels, front end and model configs are in its metadata_props (keys below), so an .onnx
 file alone is enough to predict.
 
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import tempfile
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -21,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atfnn.checkpoint import ModelCard, load_model
-from atfnn.config import FrontEndConfig, ModelConfig, _from_dict
-from atfnn.errors import ATFNNError
+from atfnn.atomic import atomic_path
+from atfnn.checkpoint import ModelCard, card_from_meta, load_model
+from atfnn.errors import ATFNNError, ModelFileError
 
 FORMAT, VERSION = "atfnn-onnx", 1
 DEFAULT_OPSET = 17
@@ -44,25 +42,33 @@ def export_onnx(model_dir: str | Path, out_path: str | Path, opset: int = DEFAUL
     With `verify`, onnxruntime's logits are compared with PyTorch's (atol 1e-4) and a mismatch raises.
     """
     onnx = _require("onnx")
-    model, card = load_model(model_dir, "cpu")
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    check_destination(out_path)
+    model, card = load_model(model_dir, "cpu")
     example = torch.randn(VERIFY_BATCH, card.model.n_mels, card.model.frames)
-    fd, tmp_name = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        _trace(model, example, tmp, opset)
-        proto = onnx.load(str(tmp))
-        _set_metadata(proto, card)
-        onnx.checker.check_model(proto)
-        onnx.save(proto, str(tmp))
-        if verify:
-            _verify(model, tmp, card)
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        with atomic_path(out_path) as tmp:
+            _trace(model, example, tmp, opset)
+            proto = onnx.load(str(tmp))
+            _set_metadata(proto, card)
+            onnx.checker.check_model(proto)
+            onnx.save(proto, str(tmp))
+            if verify:
+                _verify(model, tmp, card)
+    except OSError as e:
+        raise ATFNNError(f"{out_path}: cannot be written ({e.strerror or e})") from e
     return out_path
+
+
+def check_destination(path: Path) -> None:
+    """Fail before the export's work when `path` cannot become a file: a folder, or a place that cannot be written."""
+    if path.is_dir():
+        raise ATFNNError(f"{path}: is a folder; pass the file to write, e.g. {path / 'model.onnx'}")
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise ATFNNError(f"{path}: cannot be written ({parent} is a file, not a folder)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ATFNNError(f"{path}: cannot be written (no write permission in {parent})")
 
 
 def _trace(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
@@ -115,25 +121,27 @@ def _verify(model: torch.nn.Module, path: Path, card: ModelCard) -> None:
 def card_from_metadata(metadata: dict[str, str], source: str | Path = "<onnx>") -> ModelCard:
     """The ModelCard stored in an exported file's metadata_props (as onnxruntime's custom_metadata_map gives it)."""
     if metadata.get(KEY_FORMAT) != FORMAT:
-        raise ATFNNError(f"{source}: not an atfnn ONNX export (no {KEY_FORMAT} metadata); write it with atfnn export")
+        raise ModelFileError(f"{source}: not an atfnn ONNX export (no {KEY_FORMAT} metadata); write it with atfnn export")
     if metadata.get(KEY_VERSION) != str(VERSION):
         found = metadata.get(KEY_VERSION)
-        raise ATFNNError(f"{source}: atfnn ONNX metadata version {found}; this atfnn reads version {VERSION}")
+        raise ModelFileError(f"{source}: atfnn ONNX metadata version {found}; this atfnn reads version {VERSION}")
+    keys = {"labels": KEY_LABELS, "model": KEY_MODEL, "frontend": KEY_FRONTEND, "info": KEY_INFO}
     try:
-        return ModelCard(
-            labels=list(json.loads(metadata[KEY_LABELS])),
-            model=_from_dict(ModelConfig, json.loads(metadata[KEY_MODEL]), "model"),
-            frontend=_from_dict(FrontEndConfig, json.loads(metadata[KEY_FRONTEND]), "frontend"),
-            info=json.loads(metadata.get(KEY_INFO, "{}")),
-        )
-    except (KeyError, ValueError) as e:
-        raise ATFNNError(f"{source}: atfnn metadata is incomplete or invalid ({e}); export the model again") from e
+        meta = {name: json.loads(metadata[key]) for name, key in keys.items() if key in metadata}
+    except ValueError as e:
+        raise ModelFileError(f"{source}: atfnn metadata is not valid JSON ({e}); export the model again") from e
+    return card_from_meta(meta, source)
 
 
 def read_metadata(path: str | Path) -> ModelCard:
     """The labels, front end and model config of an exported .onnx file."""
     onnx = _require("onnx")
-    proto = onnx.load(str(path), load_external_data=False)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot be read ({e.strerror or e})") from e
+    except Exception as e:  # protobuf's DecodeError and onnx's own errors for a corrupt file
+        raise ModelFileError(f"{path}: not a valid ONNX file ({e})") from e
     return card_from_metadata({p.key: p.value for p in proto.metadata_props}, path)
 
 
@@ -142,14 +150,3 @@ def _require(name: str):
         return __import__(name)
     except ImportError as e:
         raise ATFNNError(f"ONNX export needs {name}: pip install 'atfnn[export]'") from e
-
-
-def export_main(model_dir: str, out: str, opset: int = DEFAULT_OPSET) -> int:
-    """`atfnn export MODEL_DIR OUT.onnx`: 0 on success, 2 with the reason on stderr."""
-    try:
-        path = export_onnx(model_dir, out, opset)
-    except (ATFNNError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {path} (network only: the log-Mel front end runs in Python, see atfnn.inference)")
-    return 0

@@ -24,13 +24,9 @@ segment gives one segment [0, duration] (padded as `frontend.pad_short` says).
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, TextIO
+from typing import Callable, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -44,6 +40,7 @@ from atfnn.config import FrontEndConfig
 from atfnn.errors import ATFNNError, AudioError
 from atfnn.features import STD_FLOOR
 from atfnn.model import ATFNN
+from atfnn.runtime import resolve_device
 
 # What a directory walk picks up: formats soundfile (libsndfile) decodes. A file named explicitly is always tried.
 AUDIO_EXTENSIONS = tuple(
@@ -52,11 +49,8 @@ AUDIO_EXTENSIONS = tuple(
         (".aif", "AIFF"), (".aiff", "AIFF"), (".au", "AU"), (".caf", "CAF"), (".w64", "W64"), (".rf64", "RF64"),
     ) if fmt in sf.available_formats()
 )
-FORMATS = ("table", "json", "csv")
 BACKENDS = ("torch", "onnx")
 DEFAULT_BATCH = 64
-# Exit codes of predict_main.
-EXIT_OK, EXIT_SOME_FAILED, EXIT_NONE_OK = 0, 1, 2
 
 Logits = Callable[[torch.Tensor], np.ndarray]  # (N, n_mels, frames) segments -> (N, n_classes) logits
 
@@ -294,16 +288,6 @@ def _reason(error: Exception) -> str:
     return str(error)
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """None or "auto": CUDA when available, else the CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ATFNNError(f"device {str(device)!r} asked for, but CUDA is not available; use device='cpu' or None")
-    return device
-
-
 def load(
     path: str | Path, device: str | torch.device | None = None, backend: str | None = None
 ) -> Predictor:
@@ -315,7 +299,7 @@ def load(
     backend = backend or ("onnx" if path.suffix.lower() == ".onnx" else "torch")
     if backend not in BACKENDS:
         raise ATFNNError(f"Unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
-    dev = resolve_device(device)
+    dev = resolve_device(device, "device")
     if backend == "onnx":
         if not path.is_file():
             raise ATFNNError(f"{path}: no such ONNX file; write one with atfnn.export.export_onnx (atfnn export)")
@@ -324,12 +308,12 @@ def load(
         runner = OnnxBackend(path, dev)
         return Predictor(runner, card_from_metadata(runner.metadata, path))
     if path.is_file() and path.suffix.lower() == ".onnx":
-        raise ATFNNError(f"{path}: is an ONNX file; use backend='onnx' (--backend onnx) or pass the model directory")
+        raise ATFNNError(f"{path}: is an ONNX file; load it with backend='onnx' or pass the model directory")
     model, card = load_model(path, dev)
     return Predictor(TorchBackend(model, dev), card, model)
 
 
-# ----------------------------------------------------------------------------------------------------- CLI
+# ----------------------------------------------------------------------------------------------------- inputs
 def collect_audio_files(inputs: Sequence[str | Path]) -> tuple[list[str], list[Failure]]:
     """Files as given, and the audio files (AUDIO_EXTENSIONS, hidden ones skipped) under directories, sorted."""
     files: list[str] = []
@@ -350,90 +334,3 @@ def collect_audio_files(inputs: Sequence[str | Path]) -> tuple[list[str], list[F
         else:
             failures.append(Failure(str(path), "file not found"))
     return files, failures
-
-
-def predict_main(
-    model: str,
-    inputs: list[str],
-    format: str = "table",
-    timeline: bool = False,
-    backend: str = "torch",
-    device: str | None = None,
-    batch_size: int = DEFAULT_BATCH,
-    out: TextIO | None = None,
-    err: TextIO | None = None,
-) -> int:
-    """`atfnn predict`: one line per file (plus one per segment with `timeline`) on `out`.
-
-    Failures: on `err` for "table", in-band for "json" (an object with "error") and "csv" (the error column), and
-    the other files still print. Exit code 0 when every file was classified, 1 when some failed, 2 when none was
-    (or the model cannot be loaded, or an option is invalid). "json" is JSON Lines: one object per line.
-    """
-    out, err = out or sys.stdout, err or sys.stderr
-    if format not in FORMATS:
-        print(f"error: unknown format {format!r}; available: {', '.join(FORMATS)}", file=err)
-        return EXIT_NONE_OK
-    try:
-        predictor = load(model, device=device, backend=backend)
-    except (ATFNNError, OSError) as e:
-        print(f"error: {e}", file=err)
-        return EXIT_NONE_OK
-    files, missing = collect_audio_files(inputs)
-    results: list[Prediction | Failure] = [*missing, *predictor.predict_many(files, batch_size)]
-    WRITERS[format](results, predictor.labels, timeline, out, err)
-    n_ok = sum(isinstance(r, Prediction) for r in results)
-    if n_ok == 0:
-        return EXIT_NONE_OK
-    return EXIT_OK if n_ok == len(results) else EXIT_SOME_FAILED
-
-
-def _write_table(results, labels: list[str], timeline: bool, out: TextIO, err: TextIO) -> None:
-    ok = [r for r in results if isinstance(r, Prediction)]
-    width = max([len("file")] + [len(r.path or "") for r in ok])
-    columns = "".join(f"{label[:8]:>9}" for label in labels)
-    if ok:
-        print(f"{'file':<{width}}  {'label':<10}{columns}", file=out)
-    for r in ok:
-        print(f"{r.path:<{width}}  {r.label:<10}{_prob_cells(r.probs)}", file=out)
-        if timeline:
-            for s in r.timeline:
-                span = f"  {s.start:7.2f}-{s.end:.2f} s"
-                print(f"{span:<{width}}  {s.label:<10}{_prob_cells(s.probs)}", file=out)
-    for r in results:
-        if isinstance(r, Failure):
-            print(f"error: {r.path}: {r.reason}", file=err)
-    if len(ok) < len(results):
-        print(f"{len(results) - len(ok)} of {len(results)} file(s) failed", file=err)
-
-
-def _prob_cells(probs: dict[str, float]) -> str:
-    return "".join(f"{p:9.3f}" for p in probs.values())
-
-
-def _write_json(results, labels: list[str], timeline: bool, out: TextIO, err: TextIO) -> None:
-    for r in results:
-        data = r.to_dict(timeline) if isinstance(r, Prediction) else r.to_dict()
-        print(json.dumps(data, ensure_ascii=False), file=out)
-
-
-def _write_csv(results, labels: list[str], timeline: bool, out: TextIO, err: TextIO) -> None:
-    """Columns: path, segment, start, end, label, one per class, error. The file's row has an empty segment."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "segment", "start", "end", "label", *labels, "error"])
-    blank = [""] * len(labels)
-    for r in results:
-        if isinstance(r, Failure):
-            writer.writerow([r.path, "", "", "", "", *blank, r.reason])
-            continue
-        writer.writerow([r.path, "", "0.0000", f"{r.duration:.4f}", r.label, *_prob_list(r.probs), ""])
-        for k, s in enumerate(r.timeline if timeline else []):
-            writer.writerow([r.path, k, f"{s.start:.4f}", f"{s.end:.4f}", s.label, *_prob_list(s.probs), ""])
-    out.write(buffer.getvalue())
-
-
-def _prob_list(probs: dict[str, float]) -> list[str]:
-    return [f"{p:.6f}" for p in probs.values()]
-
-
-WRITERS = {"table": _write_table, "json": _write_json, "csv": _write_csv}

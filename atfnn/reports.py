@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from atfnn.metrics import row_normalise, summarise
+from atfnn.atomic import atomic_path, atomic_write_text
 from atfnn.errors import ATFNNError
+from atfnn.metrics import row_normalise, summarise
 
 PREDICTION_FIELDS = ("uid", "speaker", "label", "pred")
 FOLDS_SUMMARY = Path("folds") / "folds.json"  # written by atfnn.protocols.write_folds
@@ -31,16 +30,6 @@ PAPER = {
     ("abc", "atfnn"): (68.84, 57.57), ("abc", "tfnn"): (67.21, 55.99),
     ("abc", "atnn"): (66.05, 55.01), ("abc", "afnn"): (58.14, 48.22),
 }
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-    os.replace(tmp, path)
 
 
 def write_predictions(path: Path, rows: Sequence[dict[str, Any]], labels: Sequence[str]) -> None:
@@ -296,8 +285,8 @@ def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: Path, title: str
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
 
 

@@ -29,6 +29,7 @@ from atfnn.config import ModelConfig, TrainConfig
 from atfnn.errors import ConfigError
 from atfnn.metrics import uar, war
 from atfnn.model import ATFNN, build_model, t_encoder_autocast
+from atfnn.runtime import resolve_device  # noqa: F401  (the one device resolver; experiment.py imports it from here)
 
 CHECKPOINT = "last.pt"
 LOG = "log.csv"
@@ -61,15 +62,6 @@ class FoldResult:
     best_epoch: int
     epochs: int
     history: list[dict] = field(default_factory=list)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use --device cpu or auto")
-    return device
 
 
 def seed_everything(seed: int) -> None:
