@@ -186,13 +186,14 @@ def predict_main(
     invalid). "json" is JSON Lines: one object per line.
     """
     from atfnn.inference import DEFAULT_BATCH, Prediction, collect_audio_files, load
+    from atfnn.runtime import resolve_device
 
     out, err = out or sys.stdout, err or sys.stderr
     if format not in FORMATS:
         print(f"atfnn: error: unknown format {format!r}; available: {', '.join(FORMATS)}", file=err)
         return EXIT_ERROR
     try:
-        predictor = load(model, device=device, backend=backend)
+        predictor = load(model, device=resolve_device(device, "--device"), backend=backend)
     except (ATFNNError, OSError) as e:
         print(f"atfnn: error: {e}", file=err)
         return EXIT_ERROR

@@ -1,9 +1,6 @@
-"""atfnn.load / Predictor / predict_main on a tiny random-init model saved with save_model."""
+"""atfnn.load / Predictor on a tiny random-init model saved with save_model (the predict command: test_cli.py)."""
 from __future__ import annotations
 
-import csv
-import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +17,7 @@ from atfnn.config import FrontEndConfig, ModelConfig
 from atfnn.corpora.base import Utterance
 from atfnn.errors import ATFNNError
 from atfnn.features import build_segments, prepare
-from atfnn.inference import EXIT_NONE_OK, EXIT_OK, EXIT_SOME_FAILED, Failure, Prediction, predict_main
+from atfnn.inference import Failure, Prediction
 from atfnn.model import build_model
 
 LABELS = ["angry", "happy", "neutral", "sad"]
@@ -168,72 +165,6 @@ def test_predict_many_batches_across_files_and_reports_failures(tmp_path, predic
         alone = predictor.predict(path)
         np.testing.assert_allclose(list(result.probs.values()), list(alone.probs.values()), atol=1e-5)
         assert [(s.start, s.end) for s in result.timeline] == [(s.start, s.end) for s in alone.timeline]
-
-
-@pytest.fixture
-def audio_dir(tmp_path) -> Path:
-    root = tmp_path / "in"
-    (root / "sub").mkdir(parents=True)
-    sf.write(root / "good.wav", speechlike(1.5), SR)
-    sf.write(root / "sub" / "good2.flac", speechlike(2.0, rate=22050, seed=1), 22050)
-    (root / "corrupt.wav").write_bytes(b"\x00\x01garbage" * 50)
-    sf.write(root / "silent.wav", np.zeros(SR, dtype=np.float32), SR)
-    (root / "notes.txt").write_text("not audio, not picked up by the directory walk")
-    return root
-
-
-def run_main(*args, **kwargs) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = predict_main(*args, out=out, err=err, **kwargs)
-    return code, out.getvalue(), err.getvalue()
-
-
-def test_predict_main_table_prints_good_files_and_names_failures(model_dir, audio_dir):
-    code, out, err = run_main(str(model_dir), [str(audio_dir)], format="table")
-    assert code == EXIT_SOME_FAILED == 1
-    lines = out.strip().splitlines()
-    assert lines[0].split()[:2] == ["file", "label"] and lines[0].split()[2:] == [x[:8] for x in LABELS]
-    assert len(lines) == 3 and lines[1].startswith(str(audio_dir / "good.wav"))
-    assert lines[2].startswith(str(audio_dir / "sub" / "good2.flac"))
-    assert lines[1].split()[1] in LABELS
-    assert f"{audio_dir / 'corrupt.wav'}: cannot be decoded" in err
-    assert f"{audio_dir / 'silent.wav'}: is digital silence" in err
-    assert "notes.txt" not in out + err
-
-
-def test_predict_main_json_lines_parse_with_failures_in_band(model_dir, audio_dir):
-    code, out, _ = run_main(str(model_dir), [str(audio_dir)], format="json", timeline=True)
-    assert code == 1
-    rows = {Path(r["path"]).name: r for r in map(json.loads, out.strip().splitlines())}
-    assert set(rows) == {"good.wav", "good2.flac", "corrupt.wav", "silent.wav"}
-    assert "decoded" in rows["corrupt.wav"]["error"] and "silence" in rows["silent.wav"]["error"]
-    good = rows["good2.flac"]
-    assert good["label"] in LABELS and sum(good["probs"].values()) == pytest.approx(1.0)
-    assert good["timeline"][0]["start"] == 0.0 and good["timeline"][-1]["end"] == pytest.approx(2.0)
-
-
-def test_predict_main_csv_parses(model_dir, audio_dir):
-    code, out, _ = run_main(str(model_dir), [str(audio_dir)], format="csv", timeline=True)
-    assert code == 1
-    rows = list(csv.DictReader(io.StringIO(out)))
-    assert list(rows[0]) == ["path", "segment", "start", "end", "label", *LABELS, "error"]
-    files = [r for r in rows if r["segment"] == "" and not r["error"]]
-    segments = [r for r in rows if r["segment"] != ""]
-    errors = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
-    assert len(files) == 2 and set(errors) == {"corrupt.wav", "silent.wav"}
-    assert all(sum(float(r[x]) for x in LABELS) == pytest.approx(1.0, abs=1e-5) for r in files + segments)
-    good = [r for r in segments if r["path"].endswith("good.wav")]
-    assert [int(r["segment"]) for r in good] == list(range(len(good))) and float(good[-1]["end"]) == 1.5
-
-
-def test_predict_main_exit_codes(model_dir, audio_dir, tmp_path):
-    assert run_main(str(model_dir), [str(audio_dir / "good.wav")])[0] == EXIT_OK == 0
-    code, out, err = run_main(str(model_dir), [str(audio_dir / "corrupt.wav"), str(tmp_path / "nope.wav")])
-    assert code == EXIT_NONE_OK == 2 and out == "" and "nope.wav: file not found" in err
-    code, _, err = run_main(str(tmp_path / "no-model"), [str(audio_dir)])
-    assert code == 2 and "not an atfnn model directory" in err
-    code, _, err = run_main(str(model_dir), [str(audio_dir)], format="xml")
-    assert code == 2 and "format" in err
 
 
 def test_load_rejects_a_wrong_backend(model_dir, tmp_path):
