@@ -110,6 +110,8 @@ def read_card(directory: str | Path) -> ModelCard:
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file; a missing, unreadable or corrupt file is a ModelFileError naming it."""
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a folder, not a safetensors file; {AGAIN}")
     if not path.is_file():
         raise ModelFileError(f"{path}: missing; the model directory is incomplete, {AGAIN}")
     try:
