@@ -1,11 +1,15 @@
 """Configuration: paper defaults, YAML with `base:`, `--set` overrides, validation with field names."""
 from __future__ import annotations
 
+import re
+import types
+import typing
 from pathlib import Path
 
 import pytest
+import yaml
 
-from atfnn.config import ExperimentConfig, load_config, save_config
+from atfnn.config import ExperimentConfig, Range, load_config, save_config, validate
 from atfnn.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -59,3 +63,115 @@ def test_every_shipped_config_loads():
     assert files, "configs/ is empty"
     for path in files:
         load_config(path)
+
+
+# ----------------------------------------------------------------------------------------------- field rules
+def _plain(hint):
+    """int for Annotated[int, ...], float for Annotated[float | None, ...]."""
+    if typing.get_origin(hint) is typing.Annotated:
+        hint = typing.get_args(hint)[0]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+@pytest.mark.parametrize("section", ["frontend", "model", "train", "protocol"])
+def test_every_numeric_field_has_a_range_and_every_string_its_choices(section):
+    """A new field is one line (`warmup_epochs: NonNegativeInt = 0`); this keeps one from being added unchecked."""
+    cls = type(getattr(ExperimentConfig(), section))
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        extras = getattr(hint, "__metadata__", ())
+        if _plain(hint) in (int, float):
+            assert any(isinstance(e, Range) for e in extras), f"{section}.{name} has no Range"
+        if _plain(hint) is str:
+            assert extras, f"{section}.{name} is a free string: give it a Literal[...] of its choices or a Check"
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "allowed"),
+    [
+        ("train.epochs=0", "train.epochs=0", ">= 1"),
+        ("train.patience=-1", "train.patience=-1", ">= 1"),
+        ("train.lr=0", "train.lr=0.0", "> 0"),
+        ("train.lr=.inf", "train.lr=inf", "a finite number"),
+        ("train.weight_decay=-1e-4", "train.weight_decay=-0.0001", ">= 0"),
+        ("train.seed=-1", "train.seed=-1", "[0, 4294967295]"),
+        ("train.freq_warp=0.5", "train.freq_warp=0.5", "[0, 0.5)"),
+        ("train.threads=-2", "train.threads=-2", ">= 0"),
+        ("model.lstm_dropout=-0.1", "model.lstm_dropout=-0.1", "[0, 1)"),
+        ("model.heads=0", "model.heads=0", ">= 1"),
+        ("frontend.log_floor=0", "frontend.log_floor=0.0", "> 0"),
+        ("frontend.fmax=0", "frontend.fmax=0.0", "> 0"),
+        ("protocol.val_fraction=1.5", "protocol.val_fraction=1.5", "(0, 1)"),
+    ],
+)
+def test_a_number_out_of_range_names_the_key_and_the_range(override, key, allowed):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [override])
+    assert str(error.value) == f"{key} is out of range; allowed: {allowed}"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.epochs=2.5", "train.epochs: expected an integer"),
+        ("train.epochs=true", "train.epochs: expected int, got True"),
+        ("train.lr=[", "override 'train.lr=[': the value is not valid YAML"),
+        ("frontend.norm=global2", "frontend.norm='global2' is not one of none, utterance, speaker"),
+        ("train.device=gpu0", "train.device='gpu0' is not valid; allowed: auto, cpu, cuda, cuda:N"),
+        ("frontend.win_length=600", "frontend.win_length=600 must be at most frontend.n_fft=512"),
+        ("frontend.fmax=9000", "frontend.fmax=9000.0 must be in (0, 8000]"),
+        ("model.conv_kernel=4", "model.conv_kernel=4 must be odd"),
+        ("corpus.root=[a]", "corpus.root: expected a string"),
+    ],
+)
+def test_other_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+def test_integers_and_floats_are_read_from_yaml_and_strings():
+    cfg = load_config(None, ["train.epochs=3.0", "train.lr=1e-3", "train.batch_size='64'", "frontend.fmax=null"])
+    assert (cfg.train.epochs, cfg.train.lr, cfg.train.batch_size, cfg.frontend.fmax) == (3, 1e-3, 64, None)
+    assert isinstance(cfg.train.epochs, int) and isinstance(cfg.train.lr, float)
+
+
+def test_validate_checks_a_config_changed_in_code():
+    cfg = ExperimentConfig()
+    cfg.train.epochs = 0
+    with pytest.raises(ConfigError, match="train.epochs=0 is out of range"):
+        validate(cfg)
+    cfg = ExperimentConfig()
+    cfg.frontend.n_mels = 40  # after construction: the model's copy is stale
+    with pytest.raises(ConfigError, match="model.n_mels=80 must equal frontend.n_mels=40"):
+        validate(cfg)
+
+
+def test_an_empty_section_is_the_defaults(tmp_path):
+    (tmp_path / "c.yaml").write_text("train:\nmodel:\n  heads: 4\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.train == ExperimentConfig().train and cfg.model.heads == 4
+
+
+# ----------------------------------------------------------------------------------------------- derived sizes
+def test_the_model_sizes_come_from_the_front_end(tmp_path):
+    cfg = load_config(None, ["frontend.n_mels=40", "frontend.segment_frames=64", "frontend.segment_hop=32"])
+    assert (cfg.model.n_mels, cfg.model.frames) == (40, 64)
+    assert ExperimentConfig(frontend=cfg.frontend).model.n_mels == 40
+    save_config(cfg, tmp_path / "resolved.yaml")
+    saved = yaml.safe_load((tmp_path / "resolved.yaml").read_text())
+    assert "n_mels" not in saved["model"] and "frames" not in saved["model"] and saved["frontend"]["n_mels"] == 40
+    assert load_config(tmp_path / "resolved.yaml") == cfg
+
+
+def test_an_old_yaml_may_repeat_the_sizes_but_not_change_them(tmp_path):
+    (tmp_path / "old.yaml").write_text("frontend:\n  n_mels: 40\nmodel:\n  n_mels: 40\n  frames: 128\n")
+    assert load_config(tmp_path / "old.yaml").model.n_mels == 40
+    (tmp_path / "bad.yaml").write_text("model:\n  n_mels: 40\n")
+    with pytest.raises(ConfigError, match="model.n_mels=40 disagrees with frontend.n_mels=80.*remove model.n_mels"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_the_fingerprint_of_the_defaults_is_unchanged():
+    """Run folders are locked to their config's fingerprint: the same config must keep the same one."""
+    assert ExperimentConfig().fingerprint() == "32e12ee6a3a59c85"

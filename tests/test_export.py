@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import atfnn
 from atfnn.checkpoint import load_model, save_model
 from atfnn.config import FrontEndConfig, ModelConfig
 from atfnn.errors import ATFNNError
-from atfnn.inference import predict_main
+from atfnn.cli import EXIT_ERROR, main, predict_main
 
 onnx = pytest.importorskip("onnx", reason="ONNX export needs the 'export' extra: pip install 'atfnn[export]'")
 ort = pytest.importorskip("onnxruntime", reason="ONNX export needs the 'export' extra: pip install 'atfnn[export]'")
@@ -82,10 +83,67 @@ def test_onnx_backend_predicts_like_torch(tiny, tmp_path):
     assert [(s.start, s.end) for s in by_onnx.timeline] == [(s.start, s.end) for s in by_torch.timeline]
 
     out, err = io.StringIO(), io.StringIO()
-    code = predict_main(str(path), [str(wav)], format="json", backend="onnx", out=out, err=err)
+    code = predict_main(str(path), [str(wav)], format="json", out=out, err=err)  # no backend: the suffix says onnx
     assert code == 0, err.getvalue()
     row = json.loads(out.getvalue())
     assert row["label"] == by_torch.label and row["probs"] == pytest.approx(by_torch.probs, abs=1e-5)
+
+
+def test_predict_command_picks_the_onnx_backend_from_the_suffix(tiny, tmp_path, capsys):
+    _, path = tiny
+    wav = tmp_path / "a.wav"
+    sf.write(wav, (0.1 * np.random.default_rng(1).standard_normal(24000)).astype(np.float32), 16000)
+    assert main(["predict", str(path), str(wav), "--format", "json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["label"] in LABELS and err == ""
+    assert main(["predict", str(path), str(wav), "--backend", "torch"]) == EXIT_ERROR
+    assert "is an ONNX file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("destination", "message"),
+    [
+        (lambda tmp: tmp, "is a folder; pass the file to write"),
+        (lambda tmp: tmp / "notes.txt" / "m.onnx", "notes.txt is a file, not a folder"),
+    ],
+)
+def test_export_to_a_bad_destination_is_one_error(tiny, tmp_path, destination, message, capsys):
+    (tmp_path / "notes.txt").write_text("a file")
+    target = destination(tmp_path)
+    assert main(["export", str(tiny[0]), "--onnx", str(target)]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert f"{target}: " in err and message in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing written, no temporary left
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_export_into_a_read_only_folder_is_one_error(tiny, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    assert main(["export", str(tiny[0]), "--onnx", str(locked / "m.onnx")]) == EXIT_ERROR
+    assert "no write permission" in capsys.readouterr().err
+
+
+def test_a_write_failure_during_export_names_the_file(tiny, tmp_path, monkeypatch, capsys):
+    """A disk that fills or a folder that vanishes mid-export: the OSError becomes one message, no temporary left."""
+    from atfnn import export
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "_trace", full_disk)
+    target = tmp_path / "m.onnx"
+    assert main(["export", str(tiny[0]), "--onnx", str(target)]) == EXIT_ERROR
+    assert f"{target}: cannot be written (No space left on device)" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_corrupt_onnx_file_is_one_error(tmp_path, capsys):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00" * 64)
+    assert main(["predict", str(bad), str(tmp_path / "a.wav")]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert str(bad) in err and "Traceback" not in err
 
 
 def test_onnx_file_without_atfnn_metadata_is_rejected(tiny, tmp_path):
@@ -97,7 +155,7 @@ def test_onnx_file_without_atfnn_metadata_is_rejected(tiny, tmp_path):
     with pytest.raises(ATFNNError, match="not an atfnn ONNX export"):
         atfnn.load(bare)
     out, err = io.StringIO(), io.StringIO()
-    assert predict_main(str(tiny[0]), ["x.wav"], backend="onnx", out=out, err=err) == 2
+    assert predict_main(str(tiny[0]), ["x.wav"], backend="onnx", out=out, err=err) == EXIT_ERROR
     assert "ONNX file" in err.getvalue()
 
 
