@@ -125,7 +125,8 @@ class ModelConfig:
     heads: Count = 2  # open: "multi-head self-attention" with c=8 -> 2 heads of 4 dims
     conv_kernel: Count = 5  # "kernel size is 1 x 5"; odd, so the convolutions keep the length
     conv_channels: Count = 32  # "Conv1d-15-32" then back to c
-    conv_axis: Literal["frequency", "time"] = "frequency"  # open: the 1x5 convolutions run along the bands of a frame (or "time")
+    # Open: the 1x5 convolutions run along the bands of a frame (or along the frames of a band, "time").
+    conv_axis: Literal["frequency", "time"] = "frequency"
     encoder_dropout: Dropout = 0.1  # open: the Transformer's residual dropout ("P_drop = 0.1")
     attention_dropout: Dropout = 0.0  # open: the Transformer paper drops sub-layer outputs, not attention weights
     lstm_hidden: Count = 128  # "128 hidden nodes"
@@ -357,7 +358,8 @@ def section_from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     if unknown:
         raise ConfigError(f"{where or 'config'}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(known)}")
     hints = _hints(cls)
-    return cls(**{name: _coerce(value, hints[name], f"{where}.{name}" if where else name) for name, value in data.items()})
+    keys = {name: f"{where}.{name}" if where else name for name in data}
+    return cls(**{name: _coerce(value, hints[name], keys[name]) for name, value in data.items()})
 
 
 def from_dict(data: dict[str, Any] | None) -> ExperimentConfig:

@@ -121,7 +121,9 @@ def _verify(model: torch.nn.Module, path: Path, card: ModelCard) -> None:
 def card_from_metadata(metadata: dict[str, str], source: str | Path = "<onnx>") -> ModelCard:
     """The ModelCard stored in an exported file's metadata_props (as onnxruntime's custom_metadata_map gives it)."""
     if metadata.get(KEY_FORMAT) != FORMAT:
-        raise ModelFileError(f"{source}: not an atfnn ONNX export (no {KEY_FORMAT} metadata); write it with atfnn export")
+        raise ModelFileError(
+            f"{source}: not an atfnn ONNX export (no {KEY_FORMAT} metadata); write it with atfnn export"
+        )
     if metadata.get(KEY_VERSION) != str(VERSION):
         found = metadata.get(KEY_VERSION)
         raise ModelFileError(f"{source}: atfnn ONNX metadata version {found}; this atfnn reads version {VERSION}")
