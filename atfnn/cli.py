@@ -34,10 +34,13 @@ def _config(args: argparse.Namespace):
     from atfnn.runtime import resolve_device
 
     overrides = list(args.set or [])
-    if getattr(args, "device", None):
-        overrides.append(f"train.device={args.device}")
+    flag = getattr(args, "device", None)
+    if flag:
+        resolve_device(flag, "--device")
+        overrides.append(f"train.device={flag}")
     config = load_config(args.config, overrides)
-    resolve_device(config.train.device, "--device" if getattr(args, "device", None) else "train.device")
+    if not flag:
+        resolve_device(config.train.device, "train.device")
     return config
 
 

@@ -179,8 +179,10 @@ def test_train_rejects_an_unknown_device_before_reading_the_corpus(tmp_path, cap
     config.write_text(f"corpus:\n  name: casia\n  root: {tmp_path / 'no-corpus'}\n")
     assert main(["train", str(config), "--out", str(tmp_path / "run"), "--device", "gpu0"]) == EXIT_ERROR
     err = capsys.readouterr().err
-    assert "train.device='gpu0'" in err and "auto, cpu, cuda, cuda:N" in err and "corpus" not in err
+    assert "--device='gpu0' is not a device" in err and "auto, cpu, cuda, cuda:N" in err and "corpus" not in err
     assert not (tmp_path / "run").exists()
+    assert main(["train", str(config), "--out", str(tmp_path / "run"), "--set", "train.device=gpu0"]) == EXIT_ERROR
+    assert "train.device='gpu0' is not valid; allowed: auto, cpu, cuda, cuda:N" in capsys.readouterr().err
 
 
 def test_predict_into_a_closed_pipe_ends_quietly(model_dir, audio_dir):

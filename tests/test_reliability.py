@@ -18,7 +18,7 @@ from atfnn import checkpoint
 from atfnn.checkpoint import META, WEIGHTS, load_model, read_card, save_model
 from atfnn.cli import EXIT_ERROR, main
 from atfnn.config import FrontEndConfig, ModelConfig
-from atfnn.errors import ModelFileError
+from atfnn.errors import ConfigError, ModelFileError
 from atfnn.model import build_model
 
 LABELS = ["angry", "happy", "sad"]
@@ -217,7 +217,7 @@ def test_a_card_without_the_model_sizes_takes_the_front_ends(tmp_path):
 
 def test_saving_a_network_that_does_not_fit_its_front_end_is_refused(tmp_path):
     model = build_model(ModelConfig(lstm_hidden=8, lstm_layers=1), len(LABELS))
-    with pytest.raises(Exception, match="frontend.n_mels x frontend.segment_frames"):
+    with pytest.raises(ConfigError, match="frontend.n_mels x frontend.segment_frames"):
         save_model(model, LABELS, FrontEndConfig(n_mels=40), tmp_path / "m")
     assert not (tmp_path / "m").exists()
 
