@@ -43,6 +43,8 @@ class Range:
 
     def __str__(self) -> str:
         low, high = (_number(x) for x in (self.low, self.high))
+        if self.low is None and self.high is None:
+            return "a finite number"
         if self.high is None:
             return f"{'>' if self.low_open else '>='} {low}"
         if self.low is None:

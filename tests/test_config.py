@@ -4,12 +4,16 @@ from __future__ import annotations
 import re
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import yaml
 
-from atfnn.config import ExperimentConfig, Range, load_config, save_config, validate
+from atfnn.config import (
+    ExperimentConfig, NonNegativeInt, Range, load_config, save_config, section_from_dict, validate,
+)
 from atfnn.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -175,3 +179,16 @@ def test_an_old_yaml_may_repeat_the_sizes_but_not_change_them(tmp_path):
 def test_the_fingerprint_of_the_defaults_is_unchanged():
     """Run folders are locked to their config's fingerprint: the same config must keep the same one."""
     assert ExperimentConfig().fingerprint() == "32e12ee6a3a59c85"
+
+
+def test_a_new_field_is_checked_from_its_one_line_declaration():
+    @dataclass
+    class Extra:
+        warmup_epochs: NonNegativeInt = 0
+        lr_schedule: Literal["constant", "cosine"] = "constant"
+
+    assert section_from_dict(Extra, {"warmup_epochs": "2"}, "train").warmup_epochs == 2
+    with pytest.raises(ConfigError, match=re.escape("train.warmup_epochs=-1 is out of range; allowed: >= 0")):
+        section_from_dict(Extra, {"warmup_epochs": -1}, "train")
+    with pytest.raises(ConfigError, match=re.escape("train.lr_schedule='step' is not one of constant, cosine")):
+        section_from_dict(Extra, {"lr_schedule": "step"}, "train")
