@@ -306,13 +306,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"atfnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_experiment_commands(sub)
+    _add_model_commands(sub)
+    return parser
 
-    def experiment_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("config", help="experiment YAML (see configs/)")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=30")
-        p.add_argument("--device", help="auto | cpu | cuda | cuda:N (overrides train.device)")
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+def _experiment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="experiment YAML (see configs/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=30")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (overrides train.device)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_experiment_commands(sub) -> None:
+    """demo, train, prepare, corpus, compare, report, baseline."""
     p = sub.add_parser("demo", help="synthetic corpus + leave-one-speaker-out ATFNN in a few minutes")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic corpus")
@@ -322,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="cross-validated experiment (resumable), or --final for a deployable model")
-    experiment_args(p)
+    _experiment_args(p)
     p.add_argument("--out", required=True, help="run directory; rerunning the same command resumes")
     p.add_argument("--folds", action="append", help="only these test speakers/sessions (comma-separated)")
     p.add_argument("--seeds", type=_positive, default=1, help="repeat with seeds train.seed, train.seed+1, ...")
@@ -334,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("prepare", help="compute (or reuse) the cached log-Mel features of a config's corpus")
-    experiment_args(p)
+    _experiment_args(p)
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("corpus", help="list loaders, or describe a corpus on disk (Table I)")
@@ -354,13 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("baseline", help="openSMILE functionals + linear SVM on the same folds")
-    experiment_args(p)
+    _experiment_args(p)
     p.add_argument("--features", default="eGeMAPSv02", choices=["eGeMAPSv02", "ComParE_2016"])
     p.add_argument("--out", required=True)
     p.add_argument("--speaker-norm", action="store_true", help="per-speaker z-normalisation (transductive)")
     p.add_argument("--folds", action="append")
     p.set_defaults(func=cmd_baseline)
 
+
+def _add_model_commands(sub) -> None:
+    """predict, explain, export: the commands that use a trained model."""
     p = sub.add_parser("predict", help="emotion of audio files with a trained model")
     p.add_argument("model", help="a model directory (e.g. RUN/seed-0/<fold>/model) or an .onnx file")
     p.add_argument("inputs", nargs="+", help="audio files or directories (walked recursively)")
@@ -383,7 +393,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--onnx", required=True, metavar="PATH")
     p.set_defaults(func=cmd_export)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -271,8 +271,8 @@ def check_derived(data: dict[str, Any], config: ExperimentConfig) -> None:
         expected = rule.source_value(config)
         if given != expected:
             raise ConfigError(
-                f"{rule.section}.{rule.name}={given} disagrees with {rule.source}={expected}; the model's "
-                f"size is the front end's: remove {rule.section}.{rule.name} or set {rule.source}"
+                f"{rule.section}.{rule.name}={given} disagrees with {rule.source}={expected}; it is derived from "
+                f"{rule.source}: remove {rule.section}.{rule.name} or set {rule.source}"
             )
 
 
