@@ -131,12 +131,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    import yaml
-
     from atfnn.experiment import load_run_config
     from atfnn.reports import finalise_run, run_labels
 
-    if "baseline" in yaml.safe_load((Path(args.run) / "config.yaml").read_text()):
+    if "baseline" in _run_config(Path(args.run)):
         from atfnn.baselines import finalise_baseline
 
         finalise_baseline(args.run)
@@ -150,6 +148,22 @@ def cmd_report(args: argparse.Namespace) -> int:
         copied = export_run(args.run, args.export)
         print(f"exported {len(copied)} files to {args.export}")
     return 0
+
+
+def _run_config(run: Path) -> dict:
+    """The raw config.yaml of a run directory; a missing or broken one is an error naming it."""
+    import yaml
+
+    path = run / "config.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ATFNNError(f"{path}: cannot be read ({e.strerror or e}); pass a run directory of atfnn train") from e
+    except yaml.YAMLError as e:
+        raise ATFNNError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise ATFNNError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:

@@ -203,3 +203,13 @@ def test_counts_on_the_command_line_must_be_positive(flag, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), *flag])
     assert exit_info.value.code == 2 and "expected an integer >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("config", "message"), [(None, "cannot be read"), ("a: [", "not valid YAML"),
+                                                 ("- 1\n", "expected a mapping")])
+def test_report_of_a_folder_without_a_good_config_names_it(config, message, tmp_path, capsys):
+    if config is not None:
+        (tmp_path / "config.yaml").write_text(config)
+    assert main(["report", str(tmp_path)]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'config.yaml'}: {message}" in err and "Traceback" not in err
