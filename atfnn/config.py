@@ -38,8 +38,17 @@ class FrontEndConfig:
     # "drop" raises/skips. The last (partial) segment of a longer utterance is aligned to its end, so no padding.
     pad_short: str = "silence"
     # Feature normalisation, not in the paper: "none" (faithful), "utterance" (per-utterance mean/std per band),
-    # "speaker" (per-speaker mean/std per band, transductive: uses the test speaker's unlabelled audio).
-    norm: str = "none"
+    # "speaker" (per-speaker mean/std per band, transductive: uses the test speaker's unlabelled audio), "global"
+    # (per-band mean/std of the fold's training split only, saved with the model and applied at prediction).
+    norm: str = "none"  # none | utterance | speaker | global
+    # Mel scale of the filterbank: "slaney" (librosa's default) or "htk" (the paper's band 50 at ~2.7 kHz is HTK's).
+    mel_scale: str = "slaney"  # slaney | htk
+    # Not in the paper: drop leading/trailing frames quieter than the utterance's loudest frame minus trim_db dB.
+    trim_db: float = 0.0  # 0 = off
+    # Not in the paper: floor the mel power at the utterance's peak minus floor_db dB instead of at log_floor.
+    floor_db: float = 0.0  # 0 = the absolute log_floor
+    # The hop that cuts TRAINING segments; validation, test and prediction keep segment_hop.
+    train_segment_hop: int = 0  # 0 = segment_hop
 
 
 @dataclass
@@ -257,7 +266,7 @@ def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "frontend.pad_short": ("silence", "repeat", "drop"),
-    "frontend.norm": ("none", "utterance", "speaker"),
+    "frontend.norm": ("none", "utterance", "speaker", "global"),
     "model.variant": ("atfnn", "tfnn", "afnn", "atnn"),
     "model.attention_activation": ("sigmoid", "softmax", "tanh", "none"),
     "model.conv_axis": ("frequency", "time"),

@@ -32,24 +32,26 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from atfnn.audio import load_audio, log_mel_spectrogram, segment_starts
+from atfnn.audio import GATHER_CHUNK, gather_segments, load_audio, pad_value, segment_starts, spectrogram, split_hop, too_short
 from atfnn.config import FrontEndConfig
 from atfnn.corpora.base import Utterance
 from atfnn.errors import ATFNNError, AudioError
+from atfnn.frontend import STD_FLOOR, Moments, NormStats, check_norm, normalise_  # noqa: F401  (STD_FLOOR: API)
 
 # Bump when the stored features change for the same configuration (a fix in the front end, a new layout).
 CACHE_VERSION = 1
 # The FrontEndConfig fields that change the log-Mel values; segmenting and normalisation happen after the cache.
 LOGMEL_FIELDS = ("sample_rate", "win_length", "hop_length", "n_fft", "n_mels", "fmin", "fmax", "log_floor")
+# Fields that change the log-Mel values only when set: at their default they stay out of the hash, so the caches of
+# configurations written before they existed keep their directory.
+OPTIONAL_LOGMEL_FIELDS = {"mel_scale": "slaney", "trim_db": 0.0, "floor_db": 0.0}
 FEATURES_FILE = "features.npy"
 INDEX_FILE = "index.json"
 COMPLETE_FILE = "complete"
 TMP_PREFIX = ".tmp-"
-STD_FLOOR = 1e-5
-NORM_MODES = ("none", "utterance", "speaker")
-GATHER_CHUNK = 2048  # segments gathered at a time: bounds the temporary copy to ~80 MB at 80 x 128 float32
+SCAN_BYTES = 1 << 24  # features.npy is checked in blocks of 16 MiB
 
-Stats = dict[str, tuple[np.ndarray, np.ndarray]]
+Stats = dict[str, NormStats]
 
 
 # ----------------------------------------------------------------------------------------------------- the store
@@ -185,7 +187,9 @@ def file_key(path: str | Path) -> str:
 
 
 def _logmel_config(frontend: FrontEndConfig) -> dict:
-    return {name: getattr(frontend, name) for name in LOGMEL_FIELDS}
+    config = {name: getattr(frontend, name) for name in LOGMEL_FIELDS}
+    config.update({k: getattr(frontend, k) for k, default in OPTIONAL_LOGMEL_FIELDS.items() if getattr(frontend, k) != default})
+    return config
 
 
 def _digest(value: object) -> str:
@@ -405,7 +409,7 @@ def _logmel_rows(path: str, frontend: FrontEndConfig) -> tuple[np.ndarray | None
     """(n_frames, n_mels) float32 log-Mel of one file, or (None, why it cannot be read)."""
     try:
         wave = load_audio(path, frontend.sample_rate)
-        logmel = log_mel_spectrogram(wave, frontend, source=path)
+        logmel = spectrogram(wave, frontend, source=path).logmel
     except AudioError as e:
         return None, e.reason
     return np.ascontiguousarray(logmel.numpy().T, dtype=np.float32), None
@@ -435,49 +439,30 @@ def _open_store(
 
 # ----------------------------------------------------------------------------------------------------- normalising
 def normalise_stats(store: FeatureStore, utterances: Sequence[Utterance], mode: str) -> Stats:
-    """Per-band (mean, std), each (n_mels, 1) float32, for every utterance in the store; {} for mode "none".
+    """Per-utterance NormStats for every utterance in the store; {} for modes "none" and "global".
 
     "utterance": statistics of the utterance's own frames. "speaker": statistics pooled over all frames of every
     utterance of that speaker among `utterances` -- transductive, since a test speaker's statistics come from their
-    own unlabelled test audio (no labels are used). Not in the paper. std is the population std, floored at 1e-5.
+    own unlabelled test audio (no labels are used). Not in the paper. "global" is fitted per fold on its training
+    split (atfnn.frontend.fit_global_stats) and applied to the fold's splits, not here.
     """
-    if mode not in NORM_MODES:
-        raise ATFNNError(f"normalisation mode {mode!r} is not one of {', '.join(NORM_MODES)}")
+    if mode not in ("none", "utterance", "speaker", "global"):
+        raise ATFNNError(f"frontend.norm={mode!r} is not one of none, utterance, speaker, global")
     present = [u for u in utterances if u.uid in store]
-    if mode == "none":
+    if mode in ("none", "global"):
         return {}
     if mode == "utterance":
-        return {u.uid: _finish(*_moments(store.logmel(u.uid))) for u in present}
-    pooled: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
+        return {u.uid: Moments.of(store.logmel(u.uid)).finish() for u in present}
+    pooled: dict[str, Moments] = {}
     seen: set[str] = set()
     for u in present:
         if u.uid in seen:
             continue
         seen.add(u.uid)
-        moments = _moments(store.logmel(u.uid))
-        pooled[u.speaker] = _combine(pooled[u.speaker], moments) if u.speaker in pooled else moments
-    per_speaker = {speaker: _finish(*m) for speaker, m in pooled.items()}
+        moments = Moments.of(store.logmel(u.uid))
+        pooled[u.speaker] = pooled[u.speaker].combine(moments) if u.speaker in pooled else moments
+    per_speaker = {speaker: m.finish() for speaker, m in pooled.items()}
     return {u.uid: per_speaker[u.speaker] for u in present}
-
-
-def _moments(logmel: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """(count, mean, sum of squared deviations) per band, in float64."""
-    x = np.asarray(logmel, dtype=np.float64)
-    mean = x.mean(axis=1)
-    return x.shape[1], mean, np.square(x - mean[:, None]).sum(axis=1)
-
-
-def _combine(a: tuple[int, np.ndarray, np.ndarray], b: tuple[int, np.ndarray, np.ndarray]):
-    """Chan et al.'s pairwise update: pooled moments without holding a speaker's frames in memory."""
-    (na, ma, sa), (nb, mb, sb) = a, b
-    n = na + nb
-    delta = mb - ma
-    return n, ma + delta * nb / n, sa + sb + np.square(delta) * na * nb / n
-
-
-def _finish(count: int, mean: np.ndarray, m2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    std = np.maximum(np.sqrt(m2 / count), STD_FLOOR)
-    return mean.astype(np.float32)[:, None], std.astype(np.float32)[:, None]
 
 
 # ----------------------------------------------------------------------------------------------------- segmenting
@@ -504,13 +489,17 @@ def build_segments(
     utterances: Sequence[Utterance],
     frontend: FrontEndConfig,
     stats: Stats | None = None,
+    split: str = "evaluation",
 ) -> Segments:
-    """Normalise (frontend.norm) and cut every utterance exactly as `atfnn.audio.segment` does.
+    """Normalise (frontend.norm) and cut every utterance with atfnn.audio's segmenting, as a prediction does.
 
-    Utterances that prepare skipped, or that pad_short="drop" leaves without a segment, go to `dropped`.
-    `stats` defaults to normalise_stats(store, utterances, frontend.norm); pass stats computed over a larger
-    set (e.g. the whole corpus for "speaker") to build the segments of a subset.
-    Normalisation uses the statistics of the real frames; "silence" padding is the log floor normalised the same way,
+    `split` names the hop: "train" cuts with frontend.train_segment_hop (0 = segment_hop), "evaluation"
+    (validation, test, prediction) with segment_hop. Utterances that prepare skipped, or that pad_short="drop"
+    leaves without a segment, go to `dropped`. `stats` defaults to normalise_stats(store, utterances,
+    frontend.norm); pass stats computed over a larger set (e.g. the whole corpus for "speaker") to build the
+    segments of a subset. norm="global" is not applied here: a fold normalises its splits with the statistics of
+    its training split (atfnn.frontend.fit_global_stats, apply_stats).
+    Normalisation uses the statistics of the real frames; "silence" padding is the floor normalised the same way,
     so padding still reads as silence after normalising.
     """
     if store.n_mels != frontend.n_mels:
@@ -519,11 +508,30 @@ def build_segments(
             "prepare the features with this front end"
         )
     if stats is None:
-        stats = normalise_stats(store, utterances, frontend.norm)
+        stats = normalise_stats(store, utterances, check_norm(frontend))
+    layout = _layout(store, [u.uid for u in utterances], frontend, split_hop(frontend, split))
+    x = gather_segments(store.data, layout.base, layout.valid, layout.fill, frontend)
+    if frontend.norm in ("utterance", "speaker"):
+        _normalise_inplace(x, layout.utt, layout.uids, stats, frontend.n_mels)
+    return Segments(x=x, utt=layout.utt, utterance_uids=layout.uids, dropped=layout.dropped)
+
+
+@dataclass
+class _Layout:
+    """Where each segment comes from: utterance index, first row in the store, valid rows, silence value."""
+
+    uids: list[str]
+    utt: np.ndarray
+    base: np.ndarray
+    valid: np.ndarray
+    fill: np.ndarray
+    dropped: list[tuple[str, str]]
+
+
+def _layout(store: FeatureStore, uids: list[str], frontend: FrontEndConfig, hop: int) -> _Layout:
     length = frontend.segment_frames
-    uids = [u.uid for u in utterances]
     dropped: list[tuple[str, str]] = []
-    seg_utt, seg_base, seg_len = [], [], []
+    seg_utt, seg_base, seg_len, seg_fill = [], [], [], []
     for i, uid in enumerate(uids):
         if uid not in store:
             reason = store.skip_reason(uid)
@@ -532,46 +540,18 @@ def build_segments(
             dropped.append((uid, reason))
             continue
         offset, n_frames = store.location(uid)
-        starts = segment_starts(n_frames, length, frontend.segment_hop, frontend.pad_short)
+        starts = segment_starts(n_frames, length, hop, frontend.pad_short)
         if not starts:
-            dropped.append((uid, _too_short(n_frames, frontend)))
+            dropped.append((uid, too_short(n_frames, frontend)))
             continue
+        # Only an utterance shorter than one segment is padded; its silence value may depend on its frames.
+        fill = pad_value(store.logmel(uid), frontend) if n_frames < length else 0.0
         seg_utt.extend([i] * len(starts))
         seg_base.extend(offset + s for s in starts)
         seg_len.extend([min(n_frames, length)] * len(starts))
-    utt = np.asarray(seg_utt, dtype=np.int64)
-    x = _gather(store, utt, np.asarray(seg_base, dtype=np.int64), np.asarray(seg_len, dtype=np.int64), frontend)
-    if frontend.norm != "none":
-        _normalise_inplace(x, utt, uids, stats, frontend.n_mels)
-    return Segments(x=x, utt=utt, utterance_uids=uids, dropped=dropped)
-
-
-def _too_short(n_frames: int, frontend: FrontEndConfig) -> str:
-    seconds = n_frames * frontend.hop_length / frontend.sample_rate
-    needed = frontend.segment_frames * frontend.hop_length / frontend.sample_rate
-    return (
-        f"{seconds:.2f} s of audio is shorter than one {frontend.segment_frames}-frame segment ({needed:.2f} s); "
-        "set frontend.pad_short=silence or repeat to keep it"
-    )
-
-
-def _gather(
-    store: FeatureStore, utt: np.ndarray, base: np.ndarray, valid: np.ndarray, frontend: FrontEndConfig
-) -> torch.Tensor:
-    """(N, n_mels, frames) by fancy indexing: row j of segment i is base[i] + j, wrapped or padded past valid[i]."""
-    length, n_mels = frontend.segment_frames, frontend.n_mels
-    out = torch.empty((len(utt), n_mels, length), dtype=torch.float32)
-    j = np.arange(length)
-    data = store.data
-    for lo in range(0, len(utt), GATHER_CHUNK):
-        b, v = base[lo : lo + GATHER_CHUNK, None], valid[lo : lo + GATHER_CHUNK, None]
-        # Long utterances have valid == length, so both rules reduce to base + j there.
-        rows = b + (j % v if frontend.pad_short == "repeat" else np.minimum(j, v - 1))
-        block = np.asarray(data[rows], dtype=np.float32)  # (chunk, frames, n_mels)
-        if frontend.pad_short == "silence":
-            block[j >= v] = np.log(frontend.log_floor)
-        out[lo : lo + len(block)] = torch.from_numpy(block).transpose(1, 2)
-    return out
+        seg_fill.extend([fill] * len(starts))
+    as_int = lambda values: np.asarray(values, dtype=np.int64)  # noqa: E731
+    return _Layout(uids, as_int(seg_utt), as_int(seg_base), as_int(seg_len), np.asarray(seg_fill), dropped)
 
 
 def _normalise_inplace(x: torch.Tensor, utt: np.ndarray, uids: list[str], stats: Stats, n_mels: int) -> None:
@@ -582,8 +562,7 @@ def _normalise_inplace(x: torch.Tensor, utt: np.ndarray, uids: list[str], stats:
     mean = torch.zeros((len(uids), n_mels, 1))
     std = torch.ones((len(uids), n_mels, 1))
     for i in used:
-        m, s = stats[uids[i]]
-        mean[i], std[i] = torch.from_numpy(m), torch.from_numpy(s)
+        mean[i], std[i] = torch.from_numpy(stats[uids[i]].mean), torch.from_numpy(stats[uids[i]].std)
     for lo in range(0, len(utt), GATHER_CHUNK):
         index = torch.from_numpy(utt[lo : lo + GATHER_CHUNK])
-        x[lo : lo + len(index)].sub_(mean[index]).div_(std[index])
+        normalise_(x[lo : lo + len(index)], mean[index], std[index])
