@@ -2,7 +2,8 @@
 
     MODEL_DIR/model.safetensors   weights (never pickle)
     MODEL_DIR/model.json          {"format": "atfnn-model", "version": 1, "labels": [...], "model": ModelConfig,
-                                   "frontend": FrontEndConfig, "info": {corpus, fold, seed, epoch, ...}}
+                                   "frontend": FrontEndConfig, "info": {corpus, fold, seed, epoch, ...},
+                                   "norm_stats": {"mean": [...], "std": [...], "n_frames": n} (norm=global only)}
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from atfnn.config import FrontEndConfig, ModelConfig, _from_dict
 from atfnn.errors import ATFNNError
+from atfnn.frontend import NormStats
 from atfnn.model import ATFNN, build_model
 
 FORMAT, VERSION = "atfnn-model", 1
@@ -31,10 +33,12 @@ class ModelCard:
     model: ModelConfig
     frontend: FrontEndConfig
     info: dict[str, Any] = field(default_factory=dict)
+    norm_stats: NormStats | None = None  # frontend.norm="global": the training split's per-band statistics
 
 
 def save_model(
-    model: ATFNN, labels: Sequence[str], frontend: FrontEndConfig, directory: str | Path, info: dict | None = None
+    model: ATFNN, labels: Sequence[str], frontend: FrontEndConfig, directory: str | Path, info: dict | None = None,
+    norm_stats: NormStats | None = None,
 ) -> Path:
     """Write the model directory atomically (a temporary sibling renamed into place)."""
     directory = Path(directory)
@@ -50,6 +54,8 @@ def save_model(
         "frontend": asdict(frontend),
         "info": info or {},
     }
+    if norm_stats is not None:
+        meta["norm_stats"] = norm_stats.to_dict()
     (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
     if directory.exists():
         shutil.rmtree(directory)
@@ -70,6 +76,7 @@ def read_card(directory: str | Path) -> ModelCard:
         model=_from_dict(ModelConfig, meta["model"], "model"),
         frontend=_from_dict(FrontEndConfig, meta["frontend"], "frontend"),
         info=meta.get("info", {}),
+        norm_stats=NormStats.from_dict(meta["norm_stats"], meta_path) if meta.get("norm_stats") else None,
     )
 
 
