@@ -6,14 +6,18 @@ Cache layout, one directory per log-Mel configuration and one "pack" per set of 
 
     <cache_dir>/logmel-<config hash>/pack-<hash of the sorted file keys>/
         features.npy   float32 (total_frames, n_mels): every utterance's frames, one after the other
-        index.json     uid -> offset, n_frames, file key, path; plus the files that could not be read, and why
+        index.json     uid -> offset, n_frames, file key, path; the files that could not be read, and why; the
+                       sha256 of features.npy's data
         complete       written last; a pack without it is ignored and removed
 
 Whole utterances are stored, not segments, so changing the segment hop, padding or normalisation reuses the cache.
 A file key hashes (resolved path, size, mtime_ns): editing a file recomputes only that file, the rest is copied from
 any older pack of the same configuration. Packs are built in a temporary directory and renamed into place, so an
-interrupted prepare never leaves a pack that looks complete. Older packs are kept (another set of files may need
-them); deleting `cache_dir` at any time when no prepare is running is safe.
+interrupted prepare never leaves a pack that looks complete. A pack is checked whenever prepare opens it (one read
+of features.npy): a features.npy that is truncated, empty, of another shape, holds NaN or infinite values or no longer matches
+the checksum written with it, or an unreadable index.json, gets a one-line warning naming the file on stderr and
+the pack is rebuilt (from intact packs and the audio). Older packs are kept (another set of files may need them);
+deleting `cache_dir` at any time when no prepare is running is safe.
 """
 from __future__ import annotations
 
@@ -148,10 +152,10 @@ def prepare(
         files.setdefault(key, str(utt.path))
 
     pack = config_dir / f"pack-{_digest(sorted(files))}"
-    index = _read_complete_index(pack)
+    index = _open_index(pack)
     if index is None:
         _build_pack(pack, files, frontend, progress)
-        index = _read_complete_index(pack)
+        index = _open_index(pack)
         if index is None:
             raise ATFNNError(f"{pack}: the feature pack just written cannot be read back; is the disk full?")
     return _open_store(pack, index, utterances, uid_keys, unreadable, frontend.n_mels)
@@ -209,14 +213,66 @@ def _write_json_atomic(path: Path, data: object) -> None:
     os.replace(tmp, path)
 
 
-def _read_complete_index(pack: Path) -> dict | None:
-    """The pack's index, or None when it is absent, unfinished or unreadable."""
+def _open_index(pack: Path) -> dict | None:
+    """The index of a complete and intact pack, else None; a damaged pack is removed with a warning naming the file."""
     if not (pack / COMPLETE_FILE).is_file():
         return None
     try:
-        return json.loads((pack / INDEX_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+        index = json.loads((pack / INDEX_FILE).read_text())
+        if not isinstance(index, dict) or not {"utterances", "skipped", "total_frames", "n_mels"} <= set(index):
+            raise ValueError("not an index of this cache")
+    except (OSError, ValueError) as e:
+        problem = f"{pack / INDEX_FILE}: unreadable ({e})"
+    else:
+        reason = _features_problem(pack / FEATURES_FILE, index)
+        if reason is None:
+            return index
+        problem = f"{pack / FEATURES_FILE}: {reason}"
+    _warn(f"{problem}; rebuilding the feature pack")
+    shutil.rmtree(pack, ignore_errors=True)
+    return None
+
+
+def _features_problem(path: Path, index: dict) -> str | None:
+    """Why features.npy does not hold what the index says (shape, size, checksum, finite values), or None."""
+    try:
+        stat = path.stat()
+        with path.open("rb") as handle:
+            shape, fortran, dtype = _npy_header(handle)
+            expected = (index["total_frames"], index["n_mels"])
+            if shape != expected or fortran or dtype != np.dtype("<f4"):
+                return f"holds a {dtype} array of shape {shape}, the index says float32 {expected}"
+            size, have = expected[0] * expected[1] * 4, stat.st_size - handle.tell()
+            if have != size:
+                return f"holds {have} bytes of data, {size} expected (truncated or overwritten)"
+            digest, finite = _scan(handle)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        return f"cannot be read as the pack's features ({e})"
+    if not finite:
+        return "holds NaN or infinite values"
+    if index.get("sha256") not in (None, digest):  # packs written before checksums were recorded have none
+        return "content differs from what was written (sha256 mismatch)"
+    return None
+
+
+def _npy_header(handle) -> tuple[tuple, bool, np.dtype]:
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(handle)
+    return np.lib.format.read_array_header_2_0(handle)
+
+
+def _scan(handle) -> tuple[str, bool]:
+    """sha256 and whether every value is finite, of the rest of an open .npy file, read in blocks."""
+    sha, finite = hashlib.sha256(), True
+    while block := handle.read(SCAN_BYTES):
+        sha.update(block)
+        finite = finite and bool(np.isfinite(np.frombuffer(block, dtype="<f4")).all())
+    return sha.hexdigest(), finite
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _remove_incomplete(config_dir: Path) -> None:
@@ -294,6 +350,7 @@ def _write_pack(
             "frontend": frontend,
             "n_mels": n_mels,
             "total_frames": writer.total,
+            "sha256": writer.sha256,
             "utterances": {
                 paths[key]: {"offset": off, "n_frames": n, "key": key, "path": paths[key]}
                 for key, (off, n) in located.items()
@@ -312,7 +369,7 @@ def _move_into_place(tmp: Path, pack: Path) -> None:
     try:
         os.rename(tmp, pack)
     except OSError:
-        if _read_complete_index(pack) is not None:
+        if _open_index(pack) is not None:
             return  # another process finished the same pack first; its content is the same
         shutil.rmtree(pack, ignore_errors=True)
         os.rename(tmp, pack)
@@ -324,7 +381,7 @@ def _reusable(config_dir: Path, keys: set[str]) -> tuple[dict[str, tuple[Path, i
     skipped: dict[str, str] = {}
     packs = sorted(config_dir.glob("pack-*"), key=lambda p: p.stat().st_mtime_ns, reverse=True)  # newest first
     for pack in packs:
-        index = _read_complete_index(pack)
+        index = _open_index(pack)
         if index is None or index.get("version") != CACHE_VERSION:
             continue
         for entry in index["utterances"].values():
@@ -350,6 +407,7 @@ class _FeatureWriter:
 
     def __init__(self, path: Path, n_mels: int):
         self.path, self.n_mels, self.total = path, n_mels, 0
+        self._sha = hashlib.sha256()  # of the data after the header, recorded in the index and checked on open
         self._file = open(path, "wb")
         # numpy pads the header so the first axis can grow to 21 digits: rewriting it at the end keeps its length.
         self._header_len = self._file.write(self._header())
@@ -364,9 +422,15 @@ class _FeatureWriter:
     def append(self, rows: np.ndarray) -> int:
         """Write one utterance's rows; returns its first row."""
         offset = self.total
-        self._file.write(np.ascontiguousarray(rows, dtype="<f4").tobytes())
+        data = np.ascontiguousarray(rows, dtype="<f4").tobytes()
+        self._file.write(data)
+        self._sha.update(data)
         self.total += len(rows)
         return offset
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
 
     def __enter__(self) -> _FeatureWriter:
         return self
