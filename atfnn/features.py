@@ -39,8 +39,8 @@ from tqdm import tqdm
 from atfnn.audio import GATHER_CHUNK, gather_segments, load_audio, pad_value, segment_starts, spectrogram, split_hop, too_short
 from atfnn.config import FrontEndConfig
 from atfnn.corpora.base import Utterance
-from atfnn.errors import ATFNNError, AudioError
-from atfnn.frontend import STD_FLOOR, Moments, NormStats, check_norm, normalise_  # noqa: F401  (STD_FLOOR: API)
+from atfnn.errors import ATFNNError, AudioError, ConfigError
+from atfnn.frontend import NORM_MODES, Moments, NormStats, check_norm, normalise_
 
 # Bump when the stored features change for the same configuration (a fix in the front end, a new layout).
 CACHE_VERSION = 1
@@ -510,8 +510,8 @@ def normalise_stats(store: FeatureStore, utterances: Sequence[Utterance], mode: 
     own unlabelled test audio (no labels are used). Not in the paper. "global" is fitted per fold on its training
     split (atfnn.frontend.fit_global_stats) and applied to the fold's splits, not here.
     """
-    if mode not in ("none", "utterance", "speaker", "global"):
-        raise ATFNNError(f"frontend.norm={mode!r} is not one of none, utterance, speaker, global")
+    if mode not in NORM_MODES:
+        raise ConfigError(f"frontend.norm={mode!r} is not one of {', '.join(NORM_MODES)}")
     present = [u for u in utterances if u.uid in store]
     if mode in ("none", "global"):
         return {}
