@@ -308,14 +308,19 @@ def segment(
     return gather_segments(rows, np.asarray(starts), valid, fill, cfg)
 
 
+def waveform(
+    audio: AudioInput, cfg: FrontEndConfig, sample_rate: int | None = None, source: str | Path | None = None
+) -> tuple[np.ndarray, str | Path]:
+    """(mono waveform at cfg.sample_rate, the name errors give it) of a path, or of an array at `sample_rate`."""
+    if isinstance(audio, (str, Path)):
+        return load_audio(audio, cfg.sample_rate), source or audio
+    source = source or "<array>"
+    return prepare_waveform(audio, sample_rate or cfg.sample_rate, cfg.sample_rate, source=source), source
+
+
 def features(audio: AudioInput, config: FrontEndConfig | None = None, sample_rate: int | None = None) -> torch.Tensor:
     """Audio (path, or array at `sample_rate`, default the front end's) -> segments (n_segments, n_mels, frames),
     not normalised (atfnn.frontend.extract_features normalises as the model was trained)."""
     cfg = config or FrontEndConfig()
-    source: str | Path = "<array>"
-    if isinstance(audio, (str, Path)):
-        source = audio
-        wave = load_audio(audio, cfg.sample_rate)
-    else:
-        wave = prepare_waveform(audio, sample_rate or cfg.sample_rate, cfg.sample_rate)
+    wave, source = waveform(audio, cfg, sample_rate)
     return segment(spectrogram(wave, cfg, source).logmel, cfg, source)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 import torch
 
-from atfnn.audio import AudioInput, load_audio, prepare_waveform, segment, segment_starts, spectrogram
+from atfnn.audio import AudioInput, segment, segment_starts, spectrogram, waveform
 from atfnn.config import FrontEndConfig
 from atfnn.errors import ATFNNError, ConfigError
 
@@ -180,16 +180,11 @@ def extract_features(
     (samples, channels) or (channels, samples) at `sample_rate`, which is then required. `stats` are the model's
     saved statistics (frontend.norm="global").
     """
-    if isinstance(audio, (str, Path)):
-        if sample_rate is not None:
-            raise ValueError("sample_rate applies to arrays only; a file's rate is read from its header")
-        source = source or audio
-        wave = load_audio(audio, frontend.sample_rate)
-    else:
-        if sample_rate is None:
-            raise ValueError("pass sample_rate= with an array, e.g. predict(wave, sample_rate=16000)")
-        source = source or "<array>"
-        wave = prepare_waveform(audio, sample_rate, frontend.sample_rate, source=source)
+    if isinstance(audio, (str, Path)) and sample_rate is not None:
+        raise ValueError("sample_rate applies to arrays only; a file's rate is read from its header")
+    if not isinstance(audio, (str, Path)) and sample_rate is None:
+        raise ValueError("pass sample_rate= with an array, e.g. predict(wave, sample_rate=16000)")
+    wave, source = waveform(audio, frontend, sample_rate, source)
     spec = spectrogram(wave, frontend, source)
     segments = segment(spec.logmel, frontend, source)
     starts = segment_starts(spec.logmel.shape[1], frontend.segment_frames, frontend.segment_hop, frontend.pad_short)
