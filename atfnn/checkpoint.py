@@ -2,7 +2,8 @@
 
     MODEL_DIR/model.safetensors   weights (never pickle)
     MODEL_DIR/model.json          {"format": "atfnn-model", "version": 1, "labels": [...], "model": ModelConfig,
-                                   "frontend": FrontEndConfig, "info": {corpus, fold, seed, epoch, ...}}
+                                   "frontend": FrontEndConfig, "info": {corpus, fold, seed, epoch, ...},
+                                   "norm_stats": {"mean": [...], "std": [...], "n_frames": n} (norm=global only)}
 
 The card's model.n_mels and model.frames (the network's input size) repeat the front end's n_mels and
 segment_frames; a card without them takes the front end's, a card where they differ is rejected. Every way a
@@ -23,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from atfnn.atomic import atomic_directory
 from atfnn.config import FrontEndConfig, ModelConfig, from_dict
 from atfnn.errors import ConfigError, ModelFileError
+from atfnn.frontend import NormStats
 from atfnn.model import ATFNN, build_model
 
 FORMAT, VERSION = "atfnn-model", 1
@@ -38,10 +40,12 @@ class ModelCard:
     model: ModelConfig
     frontend: FrontEndConfig
     info: dict[str, Any] = field(default_factory=dict)
+    norm_stats: NormStats | None = None  # frontend.norm="global": the training split's per-band statistics
 
 
 def save_model(
-    model: ATFNN, labels: Sequence[str], frontend: FrontEndConfig, directory: str | Path, info: dict | None = None
+    model: ATFNN, labels: Sequence[str], frontend: FrontEndConfig, directory: str | Path, info: dict | None = None,
+    norm_stats: NormStats | None = None,
 ) -> Path:
     """Write the model directory atomically (a temporary sibling renamed into place, fsynced)."""
     directory = Path(directory)
@@ -59,6 +63,8 @@ def save_model(
         "frontend": asdict(frontend),
         "info": info or {},
     }
+    if norm_stats is not None:
+        meta["norm_stats"] = norm_stats.to_dict()
     with atomic_directory(directory) as tmp:
         save_file(state, str(tmp / WEIGHTS))
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
@@ -84,7 +90,8 @@ def card_from_meta(meta: Any, source: str | Path) -> ModelCard:
         config = from_dict({"model": meta["model"], "frontend": meta["frontend"]})
     except ConfigError as e:
         raise ModelFileError(f"{source}: {e}") from e
-    return ModelCard(labels=list(labels), model=config.model, frontend=config.frontend, info=info)
+    stats = NormStats.from_dict(meta["norm_stats"], source) if meta.get("norm_stats") else None
+    return ModelCard(labels=list(labels), model=config.model, frontend=config.frontend, info=info, norm_stats=stats)
 
 
 def read_card(directory: str | Path) -> ModelCard:

@@ -87,6 +87,22 @@ Seed = Annotated[int, Range(0, 2**32 - 1)]
 Device = Annotated[str, Check(is_device_name, DEVICE_NAMES)]
 
 
+# Fields added after runs were made, each with the default that reproduces the earlier behaviour: at that default
+# they stay out of the fingerprint, so a run folder made before them still resumes.
+LATER_FIELDS: dict[str, Any] = {
+    "frontend.mel_scale": "slaney",
+    "frontend.trim_db": 0.0,
+    "frontend.floor_db": 0.0,
+    "frontend.train_segment_hop": 0,
+    "model.t_attention_input": "x",
+    "train.lr_schedule": "constant",
+    "train.warmup_epochs": 0,
+    "train.min_lr": 0.0,
+    "protocol.selection": "split",
+    "protocol.inner_seeds": 0,
+}
+
+
 @dataclass
 class FrontEndConfig:
     """Log-Mel front end of section III-C."""
@@ -106,8 +122,17 @@ class FrontEndConfig:
     # "drop" raises/skips. The last (partial) segment of a longer utterance is aligned to its end, so no padding.
     pad_short: Literal["silence", "repeat", "drop"] = "silence"
     # Feature normalisation, not in the paper: "none" (faithful), "utterance" (per-utterance mean/std per band),
-    # "speaker" (per-speaker mean/std per band, transductive: uses the test speaker's unlabelled audio).
-    norm: Literal["none", "utterance", "speaker"] = "none"
+    # "speaker" (per-speaker mean/std per band, transductive: uses the test speaker's unlabelled audio), "global"
+    # (per-band mean/std of the fold's training split only, saved with the model and applied at prediction).
+    norm: Literal["none", "utterance", "speaker", "global"] = "none"
+    # Mel scale of the filterbank: "slaney" (librosa's default) or "htk" (the paper's band 50 at ~2.7 kHz is HTK's).
+    mel_scale: Literal["slaney", "htk"] = "slaney"
+    # Not in the paper: drop leading/trailing frames quieter than the utterance's loudest frame minus trim_db dB.
+    trim_db: NonNegative = 0.0  # 0 = off
+    # Not in the paper: floor the mel power at the utterance's peak minus floor_db dB instead of at log_floor.
+    floor_db: NonNegative = 0.0  # 0 = the absolute log_floor
+    # The hop that cuts TRAINING segments; validation, test and prediction keep segment_hop.
+    train_segment_hop: NonNegativeInt = 0  # 0 = segment_hop
 
 
 @dataclass
@@ -226,6 +251,10 @@ class ExperimentConfig:
     def fingerprint(self, ignore: tuple[str, ...] = ("cache_dir", "train.device", "train.threads")) -> str:
         """A hash of everything that changes results (not where the cache lives or which device runs it)."""
         data = self.to_dict()
+        for key, default in LATER_FIELDS.items():
+            section, name = key.split(".")
+            if data[section].get(name) == default:
+                del data[section][name]
         for key in ignore:
             section, _, name = key.partition(".")
             if name:
@@ -464,6 +493,9 @@ def _validate_frontend(fe: FrontEndConfig) -> None:
     if fe.segment_hop > fe.segment_frames:
         raise ConfigError(f"frontend.segment_hop={fe.segment_hop} must be in 1..{fe.segment_frames} "
                           f"(frontend.segment_frames)")
+    if fe.train_segment_hop > fe.segment_frames:
+        raise ConfigError(f"frontend.train_segment_hop={fe.train_segment_hop} must be 0 (= segment_hop) or in "
+                          f"1..{fe.segment_frames} (frontend.segment_frames)")
     if fe.fmin >= nyquist:
         raise ConfigError(f"frontend.fmin={fe.fmin} must be below the Nyquist frequency {nyquist:g} Hz")
     if fe.fmax is not None and not fe.fmin < fe.fmax <= nyquist:

@@ -27,6 +27,7 @@ from atfnn.checkpoint import save_model
 from atfnn.config import ExperimentConfig, from_dict, save_config
 from atfnn.corpora import Utterance, load_corpus
 from atfnn.errors import ConfigError, CorpusError
+from atfnn.frontend import NormStats, apply_stats, fit_global_stats
 from atfnn.protocols import Fold, make_folds, select_folds, write_folds
 from atfnn.reports import atomic_write_text, finalise_run, write_predictions
 from atfnn.runtime import die_with_parent, peak_rss_mib, threads_per_job, tune_allocator
@@ -40,8 +41,10 @@ LOCK = ".lock"  # held by the `atfnn train` writing the run (run_lock)
 class PreparedCorpus:
     utterances: list[Utterance]
     labels: list[str]
-    segments: feats.Segments
+    segments: feats.Segments  # cut with frontend.segment_hop (validation, test)
     seg_labels: torch.Tensor  # class index per segment
+    store: feats.FeatureStore | None = None  # the cached log-Mel (fit_global_stats reads it)
+    train_segments: feats.Segments | None = None  # cut with frontend.train_segment_hop; None = `segments`
 
 
 def prepare_corpus(config: ExperimentConfig, progress: bool = True, log: Callable[[str], None] = print) -> PreparedCorpus:
@@ -56,7 +59,10 @@ def prepare_corpus(config: ExperimentConfig, progress: bool = True, log: Callabl
         if len(skipped) > 20:
             log(f"  ... and {len(skipped) - 20} more")
     usable = [u for u in report.utterances if u.uid in store]
-    segments = feats.build_segments(store, usable, config.frontend)
+    stats = feats.normalise_stats(store, usable, config.frontend.norm)
+    segments = feats.build_segments(store, usable, config.frontend, stats)
+    train_hop = config.frontend.train_segment_hop not in (0, config.frontend.segment_hop)
+    train_segments = feats.build_segments(store, usable, config.frontend, stats, split="train") if train_hop else None
     for uid, reason in segments.dropped:
         log(f"  dropped {uid}: {reason}")
     dropped = dict(segments.dropped)
@@ -69,26 +75,32 @@ def prepare_corpus(config: ExperimentConfig, progress: bool = True, log: Callabl
     seg_labels = torch.tensor(
         [index[by_uid[segments.utterance_uids[i]].label] for i in segments.utt], dtype=torch.long
     )
-    return PreparedCorpus(utterances, labels, segments, seg_labels)
+    return PreparedCorpus(utterances, labels, segments, seg_labels, store, train_segments)
 
 
-def split_data(corpus: PreparedCorpus, uids: Sequence[str], device: torch.device | None = None) -> SplitData:
-    """The segments of the utterances `uids`, as a SplitData whose utterance indices are local to the split."""
-    seg = corpus.segments
+def split_data(
+    corpus: PreparedCorpus, uids: Sequence[str], device: torch.device | None = None, split: str = "evaluation",
+    stats: NormStats | None = None,
+) -> SplitData:
+    """The segments of the utterances `uids`, as a SplitData whose utterance indices are local to the split.
+
+    split "train" takes the segments cut with frontend.train_segment_hop; `stats` (norm=global) normalise them."""
+    seg = corpus.train_segments if split == "train" and corpus.train_segments is not None else corpus.segments
     wanted = {uid: i for i, uid in enumerate(uids)}
     global_to_local = np.array([wanted.get(uid, -1) for uid in seg.utterance_uids], dtype=np.int64)
     local = global_to_local[seg.utt]
     mask = local >= 0
     rows = torch.from_numpy(np.flatnonzero(mask))
-    x = seg.x.index_select(0, rows)
+    x = apply_stats(seg.x.index_select(0, rows), stats)
     if device is not None and device.type != "cpu":
         x = x.to(device)
     by_uid = {u.uid: u for u in corpus.utterances}
+    label_index = {label: i for i, label in enumerate(corpus.labels)}
     speaker_index = {name: i for i, name in enumerate(sorted({by_uid[uid].speaker for uid in uids}))}
     utt_speaker = np.array([speaker_index[by_uid[uid].speaker] for uid in uids], dtype=np.int64)
     return SplitData(
         x=x,
-        y=corpus.seg_labels.index_select(0, rows),
+        y=torch.tensor([label_index[by_uid[uid].label] for uid in uids], dtype=torch.long)[local[mask]],
         utt=local[mask],
         uids=list(uids),
         utt_labels=[by_uid[uid].label for uid in uids],
@@ -257,9 +269,10 @@ def run_fold(
     began = time.perf_counter()
     # Each fold gets its own seed so that a fold's result does not depend on which folds ran before it.
     fold_seed = seed * 1000 + zlib.crc32(fold.name.encode()) % 1000
-    train = split_data(corpus, fold.train, device)
-    validation = split_data(corpus, fold.validation, device) if fold.validation else None
-    test = split_data(corpus, fold.test, device)
+    stats = fit_global_stats(corpus.store, fold.train) if config.frontend.norm == "global" else None
+    train = split_data(corpus, fold.train, device, "train", stats)
+    validation = split_data(corpus, fold.validation, device, "evaluation", stats) if fold.validation else None
+    test = split_data(corpus, fold.test, device, "evaluation", stats)
     result = train_fold(
         config.model, config.train, corpus.labels, train, validation, fold_dir, fold_seed, device, progress=progress,
         monitor=test if config.train.monitor_test else None,
@@ -274,6 +287,7 @@ def run_fold(
     save_model(
         result.model, corpus.labels, config.frontend, fold_dir / "model",
         info={"corpus": config.corpus.name, "fold": fold.name, "seed": seed, "best_epoch": result.best_epoch},
+        norm_stats=stats,
     )
     done = {
         "fold": fold.name, "seed": seed, "best_epoch": result.best_epoch, "epochs": result.epochs,
@@ -307,7 +321,9 @@ def fit_final(
         torch.set_num_threads(config.train.threads)
     device = resolve_device(config.train.device)
     corpus = prepare_corpus(config, progress=progress, log=log)
-    data = split_data(corpus, [u.uid for u in corpus.utterances], device)
+    uids = [u.uid for u in corpus.utterances]
+    stats = fit_global_stats(corpus.store, uids) if config.frontend.norm == "global" else None
+    data = split_data(corpus, uids, device, "train", stats)
     log(f"final model: {len(corpus.utterances)} utterances, {epochs} epochs ({device})")
     result = train_fold(
         config.model, config.train, corpus.labels, data, None, out / "work", config.train.seed, device, epochs, progress
@@ -315,6 +331,7 @@ def fit_final(
     model_dir = save_model(
         result.model, corpus.labels, config.frontend, out / "model",
         info={"corpus": config.corpus.name, "speakers": "all", "epochs": epochs, "seed": config.train.seed},
+        norm_stats=stats,
     )
     save_config(config, out / "config.yaml")
     (out / "work" / "last.pt").unlink(missing_ok=True)
@@ -357,7 +374,8 @@ def rescore_run(
         model, card = load_model(fold_dir / "model", device)
         if card.labels != corpus.labels:
             raise ConfigError(f"{fold_dir}: model labels {card.labels} differ from the corpus's {corpus.labels}")
-        scores = evaluate(model, split_data(corpus, fold.test), corpus.labels, device, "fp32", config.train.aggregate)
+        test = split_data(corpus, fold.test, stats=card.norm_stats)
+        scores = evaluate(model, test, corpus.labels, device, "fp32", config.train.aggregate)
         by_seed.setdefault(seed, []).append((fold.name, scores["y_true"], scores["y_pred"]))
     if not by_seed:
         raise ConfigError(f"{run_dir}: no finished fold (seed-*/<fold>/{DONE}) to rescore")

@@ -24,7 +24,7 @@ import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from atfnn.audio import AudioInput
+from atfnn.audio import AudioInput, band_centres
 from atfnn.config import FrontEndConfig, load_config
 from atfnn.corpora.base import Utterance
 from atfnn.errors import ATFNNError
@@ -94,11 +94,8 @@ def attention_maps(predictor: Predictor, audio: AudioInput, sample_rate: int | N
 
 
 def band_frequency(frontend: FrontEndConfig, band: int = HIGH_BAND) -> float:
-    """Centre frequency (Hz) of a mel band of the front end's filterbank."""
-    import librosa
-
-    fmax = frontend.fmax or frontend.sample_rate / 2
-    return float(librosa.mel_frequencies(frontend.n_mels + 2, fmin=frontend.fmin, fmax=fmax)[band + 1])
+    """Centre frequency (Hz) of a mel band of the front end's filterbank (its mel_scale)."""
+    return float(band_centres(frontend)[band])
 
 
 def plot_explanation(explanation: Explanation, title: str | None = None) -> Figure:

@@ -1,9 +1,11 @@
 """Export a trained model to ONNX: the network only, log-Mel segments (batch, n_mels, frames) -> logits.
 
-The front end (loading, resampling, log-Mel, segmenting, normalising) stays in Python: `atfnn.inference` runs the
-same pre- and post-processing for both backends (`atfnn.load("model.onnx")`, `atfnn predict model.onnx`).
-The file describes itself: labels, front end and model configs are in its metadata_props (keys below), so an .onnx
-file alone is enough to predict.
+The front end (loading, resampling, log-Mel, segmenting, normalising) stays in Python and is a documented pre-step,
+not a graph op: `atfnn.frontend.extract_features` runs it for both backends (`atfnn.load("model.onnx")`,
+`atfnn predict --backend onnx`), with the model's frontend.norm. The file describes itself: labels, front end and
+model configs are in its metadata_props (keys below), and so are the training split's normalisation statistics
+when frontend.norm is "global" (KEY_NORM: {"mean": [n_mels], "std": [n_mels]}; other runtimes feed the graph
+(segments - mean) / std per band), so an .onnx file alone is enough to predict.
 
 The legacy TorchScript exporter is used (`dynamo=False`): the newer torch.export-based one needs the onnxscript
 package, which atfnn does not depend on, and the legacy one exports the Bi-LSTM and nn.MultiheadAttention as is.
@@ -29,6 +31,7 @@ INPUT_NAME, OUTPUT_NAME = "logmel", "logits"
 # metadata_props keys; values are strings (JSON for structured ones).
 KEY_FORMAT, KEY_VERSION = "atfnn.format", "atfnn.version"
 KEY_LABELS, KEY_FRONTEND, KEY_MODEL, KEY_INFO = "atfnn.labels", "atfnn.frontend", "atfnn.model", "atfnn.info"
+KEY_NORM = "atfnn.norm_stats"  # frontend.norm="global" only
 # Parity check run after every export, on random segments at the scale of log-Mel values.
 VERIFY_ATOL = 1e-4
 VERIFY_BATCH = 3
@@ -38,7 +41,7 @@ def export_onnx(model_dir: str | Path, out_path: str | Path, opset: int = DEFAUL
     """Write `out_path` (.onnx) from a model directory; returns the path.
 
     Input "logmel" (batch, n_mels, frames) float32, output "logits" (batch, n_classes); the batch axis is dynamic.
-    The front end is not in the graph: feed it the segments `atfnn.inference.extract_features` computes.
+    The front end is not in the graph: feed it the segments `atfnn.frontend.extract_features` computes.
     With `verify`, onnxruntime's logits are compared with PyTorch's (atol 1e-4) and a mismatch raises.
     """
     onnx = _require("onnx")
@@ -94,6 +97,8 @@ def _set_metadata(proto, card: ModelCard) -> None:
         KEY_MODEL: json.dumps(asdict(card.model)),
         KEY_INFO: json.dumps(card.info, ensure_ascii=False, default=str),
     }
+    if card.norm_stats is not None:
+        values[KEY_NORM] = json.dumps(card.norm_stats.to_dict())
     del proto.metadata_props[:]
     for key, value in values.items():
         entry = proto.metadata_props.add()
@@ -127,7 +132,8 @@ def card_from_metadata(metadata: dict[str, str], source: str | Path = "<onnx>") 
     if metadata.get(KEY_VERSION) != str(VERSION):
         found = metadata.get(KEY_VERSION)
         raise ModelFileError(f"{source}: atfnn ONNX metadata version {found}; this atfnn reads version {VERSION}")
-    keys = {"labels": KEY_LABELS, "model": KEY_MODEL, "frontend": KEY_FRONTEND, "info": KEY_INFO}
+    keys = {"labels": KEY_LABELS, "model": KEY_MODEL, "frontend": KEY_FRONTEND, "info": KEY_INFO,
+            "norm_stats": KEY_NORM}
     try:
         meta = {name: json.loads(metadata[key]) for name, key in keys.items() if key in metadata}
     except ValueError as e:

@@ -6,14 +6,18 @@ Cache layout, one directory per log-Mel configuration and one "pack" per set of 
 
     <cache_dir>/logmel-<config hash>/pack-<hash of the sorted file keys>/
         features.npy   float32 (total_frames, n_mels): every utterance's frames, one after the other
-        index.json     uid -> offset, n_frames, file key, path; plus the files that could not be read, and why
+        index.json     uid -> offset, n_frames, file key, path; the files that could not be read, and why; the
+                       sha256 of features.npy's data
         complete       written last; a pack without it is ignored and removed
 
 Whole utterances are stored, not segments, so changing the segment hop, padding or normalisation reuses the cache.
 A file key hashes (resolved path, size, mtime_ns): editing a file recomputes only that file, the rest is copied from
 any older pack of the same configuration. Packs are built in a temporary directory and renamed into place, so an
-interrupted prepare never leaves a pack that looks complete. Older packs are kept (another set of files may need
-them); deleting `cache_dir` at any time when no prepare is running is safe.
+interrupted prepare never leaves a pack that looks complete. A pack is checked whenever prepare opens it (one read
+of features.npy): a features.npy that is truncated, empty, of another shape, holds NaN or infinite values or no longer matches
+the checksum written with it, or an unreadable index.json, gets a one-line warning naming the file on stderr and
+the pack is rebuilt (from intact packs and the audio). Older packs are kept (another set of files may need them);
+deleting `cache_dir` at any time when no prepare is running is safe.
 """
 from __future__ import annotations
 
@@ -32,24 +36,26 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from atfnn.audio import load_audio, log_mel_spectrogram, segment_starts
+from atfnn.audio import GATHER_CHUNK, gather_segments, load_audio, pad_value, segment_starts, spectrogram, split_hop, too_short
 from atfnn.config import FrontEndConfig
 from atfnn.corpora.base import Utterance
-from atfnn.errors import ATFNNError, AudioError
+from atfnn.errors import ATFNNError, AudioError, ConfigError
+from atfnn.frontend import NORM_MODES, Moments, NormStats, check_norm, normalise_
 
 # Bump when the stored features change for the same configuration (a fix in the front end, a new layout).
 CACHE_VERSION = 1
 # The FrontEndConfig fields that change the log-Mel values; segmenting and normalisation happen after the cache.
 LOGMEL_FIELDS = ("sample_rate", "win_length", "hop_length", "n_fft", "n_mels", "fmin", "fmax", "log_floor")
+# Fields that change the log-Mel values only when set: at their default they stay out of the hash, so the caches of
+# configurations written before they existed keep their directory.
+OPTIONAL_LOGMEL_FIELDS = {"mel_scale": "slaney", "trim_db": 0.0, "floor_db": 0.0}
 FEATURES_FILE = "features.npy"
 INDEX_FILE = "index.json"
 COMPLETE_FILE = "complete"
 TMP_PREFIX = ".tmp-"
-STD_FLOOR = 1e-5
-NORM_MODES = ("none", "utterance", "speaker")
-GATHER_CHUNK = 2048  # segments gathered at a time: bounds the temporary copy to ~80 MB at 80 x 128 float32
+SCAN_BYTES = 1 << 24  # features.npy is checked in blocks of 16 MiB
 
-Stats = dict[str, tuple[np.ndarray, np.ndarray]]
+Stats = dict[str, NormStats]
 
 
 # ----------------------------------------------------------------------------------------------------- the store
@@ -146,10 +152,10 @@ def prepare(
         files.setdefault(key, str(utt.path))
 
     pack = config_dir / f"pack-{_digest(sorted(files))}"
-    index = _read_complete_index(pack)
+    index = _open_index(pack)
     if index is None:
         _build_pack(pack, files, frontend, progress)
-        index = _read_complete_index(pack)
+        index = _open_index(pack)
         if index is None:
             raise ATFNNError(f"{pack}: the feature pack just written cannot be read back; is the disk full?")
     return _open_store(pack, index, utterances, uid_keys, unreadable, frontend.n_mels)
@@ -185,7 +191,9 @@ def file_key(path: str | Path) -> str:
 
 
 def _logmel_config(frontend: FrontEndConfig) -> dict:
-    return {name: getattr(frontend, name) for name in LOGMEL_FIELDS}
+    config = {name: getattr(frontend, name) for name in LOGMEL_FIELDS}
+    config.update({k: getattr(frontend, k) for k, default in OPTIONAL_LOGMEL_FIELDS.items() if getattr(frontend, k) != default})
+    return config
 
 
 def _digest(value: object) -> str:
@@ -205,14 +213,66 @@ def _write_json_atomic(path: Path, data: object) -> None:
     os.replace(tmp, path)
 
 
-def _read_complete_index(pack: Path) -> dict | None:
-    """The pack's index, or None when it is absent, unfinished or unreadable."""
+def _open_index(pack: Path) -> dict | None:
+    """The index of a complete and intact pack, else None; a damaged pack is removed with a warning naming the file."""
     if not (pack / COMPLETE_FILE).is_file():
         return None
     try:
-        return json.loads((pack / INDEX_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+        index = json.loads((pack / INDEX_FILE).read_text())
+        if not isinstance(index, dict) or not {"utterances", "skipped", "total_frames", "n_mels"} <= set(index):
+            raise ValueError("not an index of this cache")
+    except (OSError, ValueError) as e:
+        problem = f"{pack / INDEX_FILE}: unreadable ({e})"
+    else:
+        reason = _features_problem(pack / FEATURES_FILE, index)
+        if reason is None:
+            return index
+        problem = f"{pack / FEATURES_FILE}: {reason}"
+    _warn(f"{problem}; rebuilding the feature pack")
+    shutil.rmtree(pack, ignore_errors=True)
+    return None
+
+
+def _features_problem(path: Path, index: dict) -> str | None:
+    """Why features.npy does not hold what the index says (shape, size, checksum, finite values), or None."""
+    try:
+        stat = path.stat()
+        with path.open("rb") as handle:
+            shape, fortran, dtype = _npy_header(handle)
+            expected = (index["total_frames"], index["n_mels"])
+            if shape != expected or fortran or dtype != np.dtype("<f4"):
+                return f"holds a {dtype} array of shape {shape}, the index says float32 {expected}"
+            size, have = expected[0] * expected[1] * 4, stat.st_size - handle.tell()
+            if have != size:
+                return f"holds {have} bytes of data, {size} expected (truncated or overwritten)"
+            digest, finite = _scan(handle)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        return f"cannot be read as the pack's features ({e})"
+    if not finite:
+        return "holds NaN or infinite values"
+    if index.get("sha256") not in (None, digest):  # packs written before checksums were recorded have none
+        return "content differs from what was written (sha256 mismatch)"
+    return None
+
+
+def _npy_header(handle) -> tuple[tuple, bool, np.dtype]:
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(handle)
+    return np.lib.format.read_array_header_2_0(handle)
+
+
+def _scan(handle) -> tuple[str, bool]:
+    """sha256 and whether every value is finite, of the rest of an open .npy file, read in blocks."""
+    sha, finite = hashlib.sha256(), True
+    while block := handle.read(SCAN_BYTES):
+        sha.update(block)
+        finite = finite and bool(np.isfinite(np.frombuffer(block, dtype="<f4")).all())
+    return sha.hexdigest(), finite
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _remove_incomplete(config_dir: Path) -> None:
@@ -290,6 +350,7 @@ def _write_pack(
             "frontend": frontend,
             "n_mels": n_mels,
             "total_frames": writer.total,
+            "sha256": writer.sha256,
             "utterances": {
                 paths[key]: {"offset": off, "n_frames": n, "key": key, "path": paths[key]}
                 for key, (off, n) in located.items()
@@ -308,7 +369,7 @@ def _move_into_place(tmp: Path, pack: Path) -> None:
     try:
         os.rename(tmp, pack)
     except OSError:
-        if _read_complete_index(pack) is not None:
+        if _open_index(pack) is not None:
             return  # another process finished the same pack first; its content is the same
         shutil.rmtree(pack, ignore_errors=True)
         os.rename(tmp, pack)
@@ -320,7 +381,7 @@ def _reusable(config_dir: Path, keys: set[str]) -> tuple[dict[str, tuple[Path, i
     skipped: dict[str, str] = {}
     packs = sorted(config_dir.glob("pack-*"), key=lambda p: p.stat().st_mtime_ns, reverse=True)  # newest first
     for pack in packs:
-        index = _read_complete_index(pack)
+        index = _open_index(pack)
         if index is None or index.get("version") != CACHE_VERSION:
             continue
         for entry in index["utterances"].values():
@@ -346,6 +407,7 @@ class _FeatureWriter:
 
     def __init__(self, path: Path, n_mels: int):
         self.path, self.n_mels, self.total = path, n_mels, 0
+        self._sha = hashlib.sha256()  # of the data after the header, recorded in the index and checked on open
         self._file = open(path, "wb")
         # numpy pads the header so the first axis can grow to 21 digits: rewriting it at the end keeps its length.
         self._header_len = self._file.write(self._header())
@@ -360,9 +422,15 @@ class _FeatureWriter:
     def append(self, rows: np.ndarray) -> int:
         """Write one utterance's rows; returns its first row."""
         offset = self.total
-        self._file.write(np.ascontiguousarray(rows, dtype="<f4").tobytes())
+        data = np.ascontiguousarray(rows, dtype="<f4").tobytes()
+        self._file.write(data)
+        self._sha.update(data)
         self.total += len(rows)
         return offset
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
 
     def __enter__(self) -> _FeatureWriter:
         return self
@@ -405,7 +473,7 @@ def _logmel_rows(path: str, frontend: FrontEndConfig) -> tuple[np.ndarray | None
     """(n_frames, n_mels) float32 log-Mel of one file, or (None, why it cannot be read)."""
     try:
         wave = load_audio(path, frontend.sample_rate)
-        logmel = log_mel_spectrogram(wave, frontend, source=path)
+        logmel = spectrogram(wave, frontend, source=path).logmel
     except AudioError as e:
         return None, e.reason
     return np.ascontiguousarray(logmel.numpy().T, dtype=np.float32), None
@@ -435,49 +503,30 @@ def _open_store(
 
 # ----------------------------------------------------------------------------------------------------- normalising
 def normalise_stats(store: FeatureStore, utterances: Sequence[Utterance], mode: str) -> Stats:
-    """Per-band (mean, std), each (n_mels, 1) float32, for every utterance in the store; {} for mode "none".
+    """Per-utterance NormStats for every utterance in the store; {} for modes "none" and "global".
 
     "utterance": statistics of the utterance's own frames. "speaker": statistics pooled over all frames of every
     utterance of that speaker among `utterances` -- transductive, since a test speaker's statistics come from their
-    own unlabelled test audio (no labels are used). Not in the paper. std is the population std, floored at 1e-5.
+    own unlabelled test audio (no labels are used). Not in the paper. "global" is fitted per fold on its training
+    split (atfnn.frontend.fit_global_stats) and applied to the fold's splits, not here.
     """
     if mode not in NORM_MODES:
-        raise ATFNNError(f"normalisation mode {mode!r} is not one of {', '.join(NORM_MODES)}")
+        raise ConfigError(f"frontend.norm={mode!r} is not one of {', '.join(NORM_MODES)}")
     present = [u for u in utterances if u.uid in store]
-    if mode == "none":
+    if mode in ("none", "global"):
         return {}
     if mode == "utterance":
-        return {u.uid: _finish(*_moments(store.logmel(u.uid))) for u in present}
-    pooled: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
+        return {u.uid: Moments.of(store.logmel(u.uid)).finish() for u in present}
+    pooled: dict[str, Moments] = {}
     seen: set[str] = set()
     for u in present:
         if u.uid in seen:
             continue
         seen.add(u.uid)
-        moments = _moments(store.logmel(u.uid))
-        pooled[u.speaker] = _combine(pooled[u.speaker], moments) if u.speaker in pooled else moments
-    per_speaker = {speaker: _finish(*m) for speaker, m in pooled.items()}
+        moments = Moments.of(store.logmel(u.uid))
+        pooled[u.speaker] = pooled[u.speaker].combine(moments) if u.speaker in pooled else moments
+    per_speaker = {speaker: m.finish() for speaker, m in pooled.items()}
     return {u.uid: per_speaker[u.speaker] for u in present}
-
-
-def _moments(logmel: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """(count, mean, sum of squared deviations) per band, in float64."""
-    x = np.asarray(logmel, dtype=np.float64)
-    mean = x.mean(axis=1)
-    return x.shape[1], mean, np.square(x - mean[:, None]).sum(axis=1)
-
-
-def _combine(a: tuple[int, np.ndarray, np.ndarray], b: tuple[int, np.ndarray, np.ndarray]):
-    """Chan et al.'s pairwise update: pooled moments without holding a speaker's frames in memory."""
-    (na, ma, sa), (nb, mb, sb) = a, b
-    n = na + nb
-    delta = mb - ma
-    return n, ma + delta * nb / n, sa + sb + np.square(delta) * na * nb / n
-
-
-def _finish(count: int, mean: np.ndarray, m2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    std = np.maximum(np.sqrt(m2 / count), STD_FLOOR)
-    return mean.astype(np.float32)[:, None], std.astype(np.float32)[:, None]
 
 
 # ----------------------------------------------------------------------------------------------------- segmenting
@@ -504,13 +553,17 @@ def build_segments(
     utterances: Sequence[Utterance],
     frontend: FrontEndConfig,
     stats: Stats | None = None,
+    split: str = "evaluation",
 ) -> Segments:
-    """Normalise (frontend.norm) and cut every utterance exactly as `atfnn.audio.segment` does.
+    """Normalise (frontend.norm) and cut every utterance with atfnn.audio's segmenting, as a prediction does.
 
-    Utterances that prepare skipped, or that pad_short="drop" leaves without a segment, go to `dropped`.
-    `stats` defaults to normalise_stats(store, utterances, frontend.norm); pass stats computed over a larger
-    set (e.g. the whole corpus for "speaker") to build the segments of a subset.
-    Normalisation uses the statistics of the real frames; "silence" padding is the log floor normalised the same way,
+    `split` names the hop: "train" cuts with frontend.train_segment_hop (0 = segment_hop), "evaluation"
+    (validation, test, prediction) with segment_hop. Utterances that prepare skipped, or that pad_short="drop"
+    leaves without a segment, go to `dropped`. `stats` defaults to normalise_stats(store, utterances,
+    frontend.norm); pass stats computed over a larger set (e.g. the whole corpus for "speaker") to build the
+    segments of a subset. norm="global" is not applied here: a fold normalises its splits with the statistics of
+    its training split (atfnn.frontend.fit_global_stats, apply_stats).
+    Normalisation uses the statistics of the real frames; "silence" padding is the floor normalised the same way,
     so padding still reads as silence after normalising.
     """
     if store.n_mels != frontend.n_mels:
@@ -519,11 +572,30 @@ def build_segments(
             "prepare the features with this front end"
         )
     if stats is None:
-        stats = normalise_stats(store, utterances, frontend.norm)
+        stats = normalise_stats(store, utterances, check_norm(frontend))
+    layout = _layout(store, [u.uid for u in utterances], frontend, split_hop(frontend, split))
+    x = gather_segments(store.data, layout.base, layout.valid, layout.fill, frontend)
+    if frontend.norm in ("utterance", "speaker"):
+        _normalise_inplace(x, layout.utt, layout.uids, stats, frontend.n_mels)
+    return Segments(x=x, utt=layout.utt, utterance_uids=layout.uids, dropped=layout.dropped)
+
+
+@dataclass
+class _Layout:
+    """Where each segment comes from: utterance index, first row in the store, valid rows, silence value."""
+
+    uids: list[str]
+    utt: np.ndarray
+    base: np.ndarray
+    valid: np.ndarray
+    fill: np.ndarray
+    dropped: list[tuple[str, str]]
+
+
+def _layout(store: FeatureStore, uids: list[str], frontend: FrontEndConfig, hop: int) -> _Layout:
     length = frontend.segment_frames
-    uids = [u.uid for u in utterances]
     dropped: list[tuple[str, str]] = []
-    seg_utt, seg_base, seg_len = [], [], []
+    seg_utt, seg_base, seg_len, seg_fill = [], [], [], []
     for i, uid in enumerate(uids):
         if uid not in store:
             reason = store.skip_reason(uid)
@@ -532,46 +604,18 @@ def build_segments(
             dropped.append((uid, reason))
             continue
         offset, n_frames = store.location(uid)
-        starts = segment_starts(n_frames, length, frontend.segment_hop, frontend.pad_short)
+        starts = segment_starts(n_frames, length, hop, frontend.pad_short)
         if not starts:
-            dropped.append((uid, _too_short(n_frames, frontend)))
+            dropped.append((uid, too_short(n_frames, frontend)))
             continue
+        # Only an utterance shorter than one segment is padded; its silence value may depend on its frames.
+        fill = pad_value(store.logmel(uid), frontend) if n_frames < length else 0.0
         seg_utt.extend([i] * len(starts))
         seg_base.extend(offset + s for s in starts)
         seg_len.extend([min(n_frames, length)] * len(starts))
-    utt = np.asarray(seg_utt, dtype=np.int64)
-    x = _gather(store, utt, np.asarray(seg_base, dtype=np.int64), np.asarray(seg_len, dtype=np.int64), frontend)
-    if frontend.norm != "none":
-        _normalise_inplace(x, utt, uids, stats, frontend.n_mels)
-    return Segments(x=x, utt=utt, utterance_uids=uids, dropped=dropped)
-
-
-def _too_short(n_frames: int, frontend: FrontEndConfig) -> str:
-    seconds = n_frames * frontend.hop_length / frontend.sample_rate
-    needed = frontend.segment_frames * frontend.hop_length / frontend.sample_rate
-    return (
-        f"{seconds:.2f} s of audio is shorter than one {frontend.segment_frames}-frame segment ({needed:.2f} s); "
-        "set frontend.pad_short=silence or repeat to keep it"
-    )
-
-
-def _gather(
-    store: FeatureStore, utt: np.ndarray, base: np.ndarray, valid: np.ndarray, frontend: FrontEndConfig
-) -> torch.Tensor:
-    """(N, n_mels, frames) by fancy indexing: row j of segment i is base[i] + j, wrapped or padded past valid[i]."""
-    length, n_mels = frontend.segment_frames, frontend.n_mels
-    out = torch.empty((len(utt), n_mels, length), dtype=torch.float32)
-    j = np.arange(length)
-    data = store.data
-    for lo in range(0, len(utt), GATHER_CHUNK):
-        b, v = base[lo : lo + GATHER_CHUNK, None], valid[lo : lo + GATHER_CHUNK, None]
-        # Long utterances have valid == length, so both rules reduce to base + j there.
-        rows = b + (j % v if frontend.pad_short == "repeat" else np.minimum(j, v - 1))
-        block = np.asarray(data[rows], dtype=np.float32)  # (chunk, frames, n_mels)
-        if frontend.pad_short == "silence":
-            block[j >= v] = np.log(frontend.log_floor)
-        out[lo : lo + len(block)] = torch.from_numpy(block).transpose(1, 2)
-    return out
+        seg_fill.extend([fill] * len(starts))
+    as_int = lambda values: np.asarray(values, dtype=np.int64)  # noqa: E731
+    return _Layout(uids, as_int(seg_utt), as_int(seg_base), as_int(seg_len), np.asarray(seg_fill), dropped)
 
 
 def _normalise_inplace(x: torch.Tensor, utt: np.ndarray, uids: list[str], stats: Stats, n_mels: int) -> None:
@@ -582,8 +626,7 @@ def _normalise_inplace(x: torch.Tensor, utt: np.ndarray, uids: list[str], stats:
     mean = torch.zeros((len(uids), n_mels, 1))
     std = torch.ones((len(uids), n_mels, 1))
     for i in used:
-        m, s = stats[uids[i]]
-        mean[i], std[i] = torch.from_numpy(m), torch.from_numpy(s)
+        mean[i], std[i] = torch.from_numpy(stats[uids[i]].mean), torch.from_numpy(stats[uids[i]].std)
     for lo in range(0, len(utt), GATHER_CHUNK):
         index = torch.from_numpy(utt[lo : lo + GATHER_CHUNK])
-        x[lo : lo + len(index)].sub_(mean[index]).div_(std[index])
+        normalise_(x[lo : lo + len(index)], mean[index], std[index])

@@ -4,21 +4,24 @@
     result = predictor.predict("speech.wav")                 # or predict(array, sample_rate=44100)
     result.label, result.probs, result.timeline
 
-The front end is the model's own `FrontEndConfig` (stored beside the weights), so features equal the training ones:
-load and resample to the model's rate, log-Mel, cut into `segment_frames`-frame segments every `segment_hop` frames
-(the last one aligned to the end of the file), normalise. The utterance decision is the mean of the segment
-posteriors (softmax of the logits).
+The front end is the model's own `FrontEndConfig` (stored beside the weights) run by atfnn.frontend.extract_features,
+the code training's feature cache uses too, so features equal the training ones: load and resample to the model's
+rate, log-Mel (silence trimmed and floored as the front end says), cut into `segment_frames`-frame segments every
+`segment_hop` frames (the last one aligned to the end of the file), normalise. The utterance decision is the mean
+of the segment posteriors (softmax of the logits).
 
 Normalisation at prediction time: "utterance" uses the file's own per-band mean and std over its frames (population
-std floored at 1e-5), as training did. "speaker" was trained with statistics pooled over each speaker's utterances;
-a prediction has no speaker group, so it falls back to the file's own statistics -- the same computation as
-"utterance". Expect some mismatch when one file is much shorter or less varied than a speaker's whole set.
+std floored at 1e-5), as training did. "global" applies the training split's statistics saved with the model
+(ModelCard.norm_stats; the ONNX file carries them in its metadata). "speaker" was trained with statistics pooled over
+each speaker's utterances; a prediction has no speaker group, so it falls back to the file's own statistics -- the
+same computation as "utterance". Expect some mismatch when one file is much shorter or less varied than a speaker's
+whole set.
 Likewise model.embedding_norm="speaker" standardises h' per speaker in training and evaluation; a prediction uses the
 running estimates kept in training (the mean over the training speakers), which do not remove a new voice's offset.
 
 Timeline: segment k covers frames [s_k, s_k + segment_frames) of the file, i.e. [s_k * hop / sr, (s_k + frames) *
 hop / sr) seconds, with the last end clipped to the file's duration. The first start is 0 and the last end is the
-duration, so the segments cover the file exactly; with the default hop (64 of 128 frames) consecutive segments
+duration, so the segments cover the file exactly (with frontend.trim_db, the trimmed span of it); with the default hop (64 of 128 frames) consecutive segments
 overlap by half, and the last one, aligned to the end, may overlap its neighbour by more. A file shorter than one
 segment gives one segment [0, duration] (padded as `frontend.pad_short` says).
 """
@@ -32,13 +35,11 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from atfnn.audio import (
-    AudioInput, load_audio, log_mel_spectrogram, mel_filters, prepare_waveform, segment, segment_starts,
-)
+from atfnn.audio import AudioInput, filterbank
 from atfnn.checkpoint import ModelCard, load_model
 from atfnn.config import FrontEndConfig
 from atfnn.errors import ATFNNError, AudioError
-from atfnn.features import STD_FLOOR
+from atfnn.frontend import Features, extract_features, timeline_bounds  # noqa: F401  (re-exported: the API)
 from atfnn.model import ATFNN
 from atfnn.runtime import resolve_device
 
@@ -103,63 +104,7 @@ class Failure:
         return {"path": self.path, "error": self.reason}
 
 
-@dataclass
-class Features:
-    """What the model sees of one file: normalised segments and where they sit in the file."""
-
-    segments: torch.Tensor  # (n_segments, n_mels, segment_frames), normalised as frontend.norm says
-    starts: list[int]  # first frame of each segment
-    logmel: torch.Tensor  # (n_mels, n_frames) before normalisation, for plots
-    duration: float  # seconds of audio at the model's sample rate
-
-    @property
-    def n_frames(self) -> int:
-        return int(self.logmel.shape[1])
-
-
-# ----------------------------------------------------------------------------------------------------- features
-def extract_features(
-    audio: AudioInput, frontend: FrontEndConfig, sample_rate: int | None = None, source: str | Path | None = None
-) -> Features:
-    """Audio -> segments exactly as training builds them (atfnn.features), with per-file statistics for norm.
-
-    `audio` is a path (any rate and channel count soundfile reads) or an array/tensor (samples,) or
-    (samples, channels) or (channels, samples) at `sample_rate`, which is then required.
-    """
-    if isinstance(audio, (str, Path)):
-        if sample_rate is not None:
-            raise ValueError("sample_rate applies to arrays only; a file's rate is read from its header")
-        source = source or audio
-        wave = load_audio(audio, frontend.sample_rate)
-    else:
-        if sample_rate is None:
-            raise ValueError("pass sample_rate= with an array, e.g. predict(wave, sample_rate=16000)")
-        source = source or "<array>"
-        wave = prepare_waveform(audio, sample_rate, frontend.sample_rate, source=source)
-    logmel = log_mel_spectrogram(wave, frontend, source=source)
-    segments = segment(logmel, frontend, source=source)
-    starts = segment_starts(logmel.shape[1], frontend.segment_frames, frontend.segment_hop, frontend.pad_short)
-    if frontend.norm != "none":
-        mean, std = file_statistics(logmel)
-        # Segments are cut first so "silence" padding is the log floor normalised like the real frames, as in training.
-        segments = (segments - mean) / std
-    return Features(segments.contiguous(), starts, logmel, len(wave) / frontend.sample_rate)
-
-
-def file_statistics(logmel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-band mean and population std over the frames of (n_mels, n_frames), std floored: each (n_mels, 1)."""
-    x = logmel.double()
-    mean = x.mean(dim=1, keepdim=True)
-    std = x.var(dim=1, unbiased=False, keepdim=True).sqrt().clamp(min=STD_FLOOR)
-    return mean.float(), std.float()
-
-
-def timeline_bounds(starts: Sequence[int], frontend: FrontEndConfig, duration: float) -> list[tuple[float, float]]:
-    """(start, end) seconds of each segment; the last end is clipped to the duration (see the module docstring)."""
-    step = frontend.hop_length / frontend.sample_rate
-    return [(s * step, min((s + frontend.segment_frames) * step, duration)) for s in starts]
-
-
+# ----------------------------------------------------------------------------------------------------- scores
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64)
     z = np.exp(z - z.max(axis=1, keepdims=True))
@@ -209,9 +154,8 @@ class Predictor:
 
     def __init__(self, backend: Logits, card: ModelCard, model: ATFNN | None = None, batch_size: int = DEFAULT_BATCH):
         self.backend, self.card, self.model, self.batch_size = backend, card, model, batch_size
-        fe = card.frontend
         # Builds (and caches) the filterbank now: the first call imports librosa, seconds that belong to loading.
-        mel_filters(fe.sample_rate, fe.n_fft, fe.n_mels, fe.fmin, fe.fmax)
+        filterbank(card.frontend)
 
     @property
     def labels(self) -> list[str]:
@@ -222,7 +166,7 @@ class Predictor:
         return self.card.frontend
 
     def features(self, audio: AudioInput, sample_rate: int | None = None) -> Features:
-        return extract_features(audio, self.frontend, sample_rate)
+        return extract_features(audio, self.frontend, sample_rate, stats=self.card.norm_stats)
 
     def logits(self, segments: torch.Tensor, batch_size: int | None = None) -> np.ndarray:
         """(N, n_mels, frames) -> (N, n_classes), in batches of `batch_size` segments."""
@@ -272,7 +216,7 @@ class Predictor:
         """Segment logits of one file -> its Prediction (mean of the segment posteriors)."""
         probs = softmax(logits)
         mean = probs.mean(axis=0)
-        bounds = timeline_bounds(feats.starts, self.frontend, feats.duration)
+        bounds = timeline_bounds(feats.starts, self.frontend, feats.duration, feats.first_frame)
         timeline = [Segment(a, b, self._named(p)) for (a, b), p in zip(bounds, probs)]
         return Prediction(self.labels[int(mean.argmax())], self._named(mean), timeline, path, feats.duration)
 

@@ -1,15 +1,22 @@
 """The front end of section III-C: loading, resampling, log-Mel and segmenting."""
 from __future__ import annotations
 
+import os
+import warnings
+from pathlib import Path
+
 import librosa
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from atfnn.audio import features, load_audio, log_mel_spectrogram, prepare_waveform, segment, segment_starts
+from atfnn.audio import (
+    TruncatedAudioWarning, band_centres, features, load_audio, log_mel_spectrogram, pad_value, prepare_waveform, segment,
+    segment_starts, spectrogram,
+)
 from atfnn.config import FrontEndConfig
-from atfnn.errors import AudioError, ATFNNError
+from atfnn.errors import ATFNNError, AudioError, ConfigError
 
 
 def tone(freq: float, seconds: float, rate: int, amplitude: float = 0.5) -> np.ndarray:
@@ -142,3 +149,115 @@ def test_missing_zero_length_nan_silent_and_too_short(tmp_path):
     sf.write(short, tone(100, 0.01, 16000), 16000)
     with pytest.raises(AudioError, match="short.wav.*shorter than one 320-sample"):
         features(short)
+
+
+# ----------------------------------------------------------------------------------------------------- front-end options
+def test_htk_scale_puts_band_50_where_the_paper_does():
+    slaney, htk = band_centres(FrontEndConfig()), band_centres(FrontEndConfig(mel_scale="htk"))
+    assert slaney.shape == htk.shape == (80,)
+    assert abs(htk[50] - 2721.2) < 1 and abs(slaney[50] - 2527.7) < 1  # "mel band 50 ... around 2 700Hz"
+    np.testing.assert_allclose(htk, librosa.mel_frequencies(82, fmax=8000, htk=True)[1:-1])
+    wave = np.random.default_rng(0).standard_normal(16000).astype(np.float32)
+    ref = librosa.feature.melspectrogram(
+        y=wave, sr=16000, n_fft=512, win_length=320, hop_length=160, window="hamming", n_mels=80, htk=True
+    )
+    ours = log_mel_spectrogram(wave, FrontEndConfig(mel_scale="htk")).numpy()
+    np.testing.assert_allclose(ours, np.log(np.maximum(ref, 1e-6)), atol=1e-3)
+    assert not np.allclose(ours, log_mel_spectrogram(wave).numpy(), atol=1e-3)
+    logmel = log_mel_spectrogram(tone(2721.0, 1.0, 16000), FrontEndConfig(mel_scale="htk"))
+    assert abs(int(logmel[:, 20:-20].mean(dim=1).argmax()) - 50) <= 1
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("mel_scale", "bark"), ("trim_db", -3.0), ("floor_db", float("nan")), ("train_segment_hop", 500),
+     ("pad_short", "zero")],
+)
+def test_unknown_front_end_values_name_their_key(key, value):
+    with pytest.raises(ConfigError, match=f"frontend.{key}"):
+        log_mel_spectrogram(tone(300, 0.5, 16000), FrontEndConfig(**{key: value}))
+
+
+def padded_tone(lead: float, tail: float, gain: float = 1.0) -> np.ndarray:
+    """Digital silence, a 1 s tone with a little noise, digital silence."""
+    voiced = tone(440, 1.0, 16000) + 0.01 * np.random.default_rng(0).standard_normal(16000).astype(np.float32)
+    return np.concatenate([np.zeros(int(lead * 16000)), gain * voiced, np.zeros(int(tail * 16000))]).astype(np.float32)
+
+
+def test_trim_db_drops_leading_and_trailing_silence_on_frames():
+    wave = padded_tone(0.5, 0.3)
+    full = log_mel_spectrogram(wave)
+    cfg = FrontEndConfig(trim_db=60)
+    spec = spectrogram(wave, cfg)
+    # The tone spans frames 50..150; a frame is centred on its sample, so its window reaches 1-2 frames either side.
+    assert 47 <= spec.first_frame <= 50 and 100 <= spec.logmel.shape[1] <= 106
+    torch.testing.assert_close(spec.logmel, full[:, spec.first_frame : spec.first_frame + spec.logmel.shape[1]])
+    assert torch.equal(log_mel_spectrogram(wave, cfg), spec.logmel)
+    assert spectrogram(wave, FrontEndConfig()).logmel.shape == full.shape  # 0 = off
+    assert torch.equal(features(wave), segment(full))
+    assert features(wave, cfg).shape[0] < features(wave).shape[0]
+
+
+def test_floor_db_makes_the_features_independent_of_the_recording_level():
+    loud, quiet = padded_tone(0.4, 0.4), padded_tone(0.4, 0.4, gain=0.01)  # quiet is 40 dB lower
+    relative = FrontEndConfig(floor_db=80)
+    shift = log_mel_spectrogram(quiet, relative) - log_mel_spectrogram(loud, relative)
+    torch.testing.assert_close(shift, torch.full_like(shift, float(np.log(1e-4))), atol=2e-3, rtol=0)
+    absolute = log_mel_spectrogram(quiet) - log_mel_spectrogram(loud)
+    # The absolute floor does not move with the level: the silence stays at log(1e-6) while the voice drops 40 dB.
+    assert float(absolute.max()) == 0.0 and float(absolute.min()) < float(np.log(1e-4)) + 0.01
+    logmel = log_mel_spectrogram(loud, relative)
+    assert float(logmel.min()) == pytest.approx(float(logmel.max()) - 80 * np.log(10) / 10, abs=1e-4)
+    # Silence padding of a short utterance is its own floor.
+    short = segment(logmel[:, :50], relative)
+    assert float(short[0, 0, 60]) == pytest.approx(pad_value(logmel[:, :50], relative))
+    assert pad_value(logmel, FrontEndConfig()) == pytest.approx(np.log(1e-6))
+
+
+# ----------------------------------------------------------------------------------------------------- audio warts
+def test_truncated_wav_is_used_with_a_warning_naming_it(tmp_path):
+    path = tmp_path / "cut.wav"
+    sf.write(path, tone(300, 1.0, 16000), 16000, subtype="PCM_16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(load_audio(path)) == 16000  # intact: no warning
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.warns(TruncatedAudioWarning, match=r"cut.wav: truncated: its header declares 32000 bytes"):
+        wave = load_audio(path)
+    assert 7900 < len(wave) < 8100
+
+
+def test_resampling_cannot_expand_a_tiny_file_without_limit(tmp_path):
+    path = tmp_path / "tiny.wav"
+    sf.write(path, tone(10, 1.0, 100), 100)  # a header claiming 100 Hz: 160-fold at 16 kHz
+    with pytest.raises(AudioError, match=r"tiny.wav: sample rate 100 Hz is too low.*160-fold.*at most 16-fold"):
+        load_audio(path)
+    with pytest.raises(AudioError, match=r"<array>: sample rate 1 Hz"):
+        prepare_waveform(np.ones(244, dtype=np.float32), 1)
+    assert len(prepare_waveform(tone(100, 1.0, 1000), 1000)) == 16000  # 16-fold is the limit, still allowed
+
+
+def test_permission_denied_is_reported_as_such(tmp_path, monkeypatch):
+    path = tmp_path / "locked.wav"
+    sf.write(path, tone(300, 0.5, 16000), 16000)
+    real_open = Path.open
+
+    def denied(self, *args, **kwargs):
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", denied)
+    with pytest.raises(AudioError, match=r"locked.wav: cannot be read \(Permission denied\)") as info:
+        load_audio(path)
+    assert "decoded" not in str(info.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads any file")
+def test_permission_denied_on_a_real_file(tmp_path):
+    path = tmp_path / "locked.wav"
+    sf.write(path, tone(300, 0.5, 16000), 16000)
+    path.chmod(0)
+    with pytest.raises(AudioError, match=r"locked.wav: cannot be read \(Permission denied\)"):
+        load_audio(path)

@@ -275,15 +275,15 @@ def test_utterance_normalisation_gives_zero_mean_unit_std_per_band(tmp_path):
     utts = [Utterance(Path(uid), "x", "s") for uid in logmels]
     stats = normalise_stats(store, utts, "utterance")
     for uid, logmel in logmels.items():
-        mean, std = stats[uid]
+        mean, std = stats[uid].mean, stats[uid].std
         assert mean.shape == std.shape == (80, 1)
         z = (store.logmel(uid) - mean) / std
         np.testing.assert_allclose(z.mean(axis=1), 0, atol=1e-4)
         expected_std = np.where(np.arange(80) == 7, 0, 1) if uid == "a" else np.ones(80)
         np.testing.assert_allclose(z.std(axis=1), expected_std, atol=1e-4)
-    assert normalise_stats(store, utts, "none") == {}
-    with pytest.raises(features.ATFNNError, match="not one of"):
-        normalise_stats(store, utts, "global")
+    assert normalise_stats(store, utts, "none") == {} == normalise_stats(store, utts, "global")
+    with pytest.raises(features.ATFNNError, match="frontend.norm='band'.*not one of"):
+        normalise_stats(store, utts, "band")
 
 
 def test_speaker_stats_pool_only_that_speakers_frames(tmp_path):
@@ -295,14 +295,14 @@ def test_speaker_stats_pool_only_that_speakers_frames(tmp_path):
     stats = normalise_stats(write_store(logmels, tmp_path / "p1"), utts, "speaker")
     pooled = np.concatenate([logmels["s1a"], logmels["s1b"]], axis=1)
     for uid in ("s1a", "s1b"):
-        np.testing.assert_allclose(stats[uid][0][:, 0], pooled.mean(axis=1), rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(stats[uid][1][:, 0], pooled.std(axis=1), rtol=1e-5)
-    np.testing.assert_allclose(stats["s2a"][1][:, 0], logmels["s2a"].std(axis=1), rtol=1e-5)
+        np.testing.assert_allclose(stats[uid].mean[:, 0], pooled.mean(axis=1), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(stats[uid].std[:, 0], pooled.std(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(stats["s2a"].std[:, 0], logmels["s2a"].std(axis=1), rtol=1e-5)
 
     # Another speaker's audio must not move speaker s1's statistics.
     logmels["s2a"] = logmels["s2a"] * 10 + 7
     other = normalise_stats(write_store(logmels, tmp_path / "p2"), utts, "speaker")
-    np.testing.assert_array_equal(other["s1a"][0], stats["s1a"][0])
+    np.testing.assert_array_equal(other["s1a"].mean, stats["s1a"].mean)
 
 
 def test_normalised_segments(tmp_path):
@@ -314,11 +314,11 @@ def test_normalised_segments(tmp_path):
     seg = build_segments(store, utts, cfg)
     stats = normalise_stats(store, utts, "utterance")
     for i, uid in enumerate(logmels):
-        mean, std = (torch.from_numpy(a) for a in stats[uid])
+        mean, std = torch.from_numpy(stats[uid].mean), torch.from_numpy(stats[uid].std)
         raw = segment(torch.from_numpy(store.logmel(uid).copy()), cfg)
         torch.testing.assert_close(seg.x[torch.from_numpy(seg.utt == i)], (raw - mean) / std)
     # Silence padding is the log floor normalised like the real frames, not a raw -13.8 among z-scores.
-    mean, std = stats["short"]
+    mean, std = stats["short"].mean, stats["short"].std
     pad = seg.x[seg.utt == 1][0, :, 60:]
     torch.testing.assert_close(pad, torch.from_numpy((np.log(1e-6) - mean) / std).expand(80, 68).float())
 
@@ -343,3 +343,165 @@ def test_casia_smoke(casia_root, tmp_path):
     seg = build_segments(store, utts, cfg)
     expected = sum(len(segment_starts(store.n_frames(str(p)))) for p in wavs)
     assert seg.x.shape == (expected, 80, 128) and torch.isfinite(seg.x).all()
+
+
+# ----------------------------------------------------------------------------------------------------- front-end options
+def test_new_options_at_their_defaults_keep_the_cache_directory():
+    # The hashes of today's configurations before mel_scale, trim_db and floor_db existed: old caches stay valid.
+    assert features.config_hash(FrontEndConfig()) == "e96d3464bdcefb9d"
+    assert features.config_hash(FrontEndConfig(n_mels=64, fmax=7600.0)) == "d2e156592ae56849"
+    same = FrontEndConfig(norm="global", train_segment_hop=32, segment_hop=16, pad_short="repeat")
+    assert features.config_hash(same) == "e96d3464bdcefb9d"  # applied after the cache
+    changed = {features.config_hash(FrontEndConfig(**{k: v})) for k, v in
+               [("mel_scale", "htk"), ("trim_db", 40.0), ("floor_db", 80.0)]}
+    assert len(changed) == 3 and "e96d3464bdcefb9d" not in changed
+
+
+def test_only_the_training_split_uses_the_training_hop(tmp_path):
+    logmels = {"a": np.zeros((80, 400), np.float32), "b": np.ones((80, 129), np.float32)}
+    store = write_store(logmels, tmp_path / "pack")
+    utts = [Utterance(Path(uid), "x", "s") for uid in logmels]
+    cfg = FrontEndConfig(train_segment_hop=16)
+    train = build_segments(store, utts, cfg, split="train")
+    evaluation = build_segments(store, utts, cfg)
+    assert np.bincount(train.utt).tolist() == [len(segment_starts(400, 128, 16)), len(segment_starts(129, 128, 16))]
+    assert np.bincount(evaluation.utt).tolist() == [len(segment_starts(400, 128, 64)), 2]
+    # 0 = the evaluation hop: the two splits are cut alike.
+    assert torch.equal(build_segments(store, utts, FrontEndConfig(), split="train").x, evaluation.x)
+    with pytest.raises(ValueError, match="split 'test'"):
+        build_segments(store, utts, cfg, split="test")
+
+
+def tiny_corpus_config(tmp_path: Path, *overrides: str):
+    from atfnn.config import load_config
+    from atfnn.corpora.synthetic import SyntheticSpec, generate
+
+    root = tmp_path / "corpus"
+    generate(root, SyntheticSpec(speakers=3, utterances_per_class=3, seed=1))
+    base = ["corpus.name=synthetic", f"corpus.root={root}", f"cache_dir={tmp_path / 'cache'}"]
+    return load_config(None, [*base, "model.lstm_hidden=8", "model.lstm_layers=1", *overrides])
+
+
+class StopFold(Exception):
+    pass
+
+
+def folds_seen_by_training(tmp_path, monkeypatch, *overrides: str):
+    """Run every LOSO fold up to train_fold (stubbed): (fold, ids given to fit_global_stats, train/val/test splits)."""
+    from atfnn import experiment, frontend
+
+    config = tiny_corpus_config(tmp_path, *overrides)
+    corpus = experiment.prepare_corpus(config, progress=False, log=lambda m: None)
+    fitted: list[list[str]] = []
+    splits: list[tuple] = []
+
+    def spy(store, utterance_ids):
+        fitted.append(list(utterance_ids))
+        return frontend.fit_global_stats(store, utterance_ids)
+
+    def stop(model_config, train_config, labels, train, validation, *args, monitor=None, **kwargs):
+        splits.append((train, validation, monitor))
+        raise StopFold
+
+    monkeypatch.setattr(experiment, "fit_global_stats", spy)
+    monkeypatch.setattr(experiment, "train_fold", stop)
+    seen = []
+    for fold in experiment.make_folds(corpus.utterances, "loso", "utterances", 0.2, 0):
+        with pytest.raises(StopFold):
+            experiment.run_fold(config, corpus, fold, tmp_path / fold.name, 0, torch.device("cpu"), progress=False)
+        seen.append((fold, fitted[-1] if fitted else None, splits[-1]))
+    return corpus, seen
+
+
+def test_global_stats_see_only_the_training_split_of_each_loso_fold(tmp_path, monkeypatch):
+    corpus, seen = folds_seen_by_training(tmp_path, monkeypatch, "frontend.norm=global", "train.monitor_test=true")
+    by_uid = {u.uid: u for u in corpus.utterances}
+    assert len(seen) == 3
+    for fold, fitted, (train, validation, test) in seen:
+        assert fitted is not None and set(fitted) == set(fold.train)
+        assert fold.validation and not set(fitted) & set(fold.validation), "validation utterances reached the stats"
+        assert not {by_uid[uid].speaker for uid in fitted} & {by_uid[uid].speaker for uid in fold.test}
+        # The training split is normalised by its own statistics; the others by the same ones, not their own.
+        assert train.x.mean(dim=(0, 2)).abs().max() < 0.2
+        assert set(test.uids) == set(fold.test) and torch.isfinite(test.x).all()
+
+
+def test_global_stats_are_not_fitted_for_other_modes(tmp_path, monkeypatch):
+    _, seen = folds_seen_by_training(tmp_path, monkeypatch, "frontend.norm=none")
+    assert all(fitted is None for _, fitted, _ in seen)
+
+
+def test_training_code_asks_for_training_segments_by_name(tmp_path, monkeypatch):
+    corpus, seen = folds_seen_by_training(tmp_path, monkeypatch, "frontend.train_segment_hop=16", "train.monitor_test=true")
+    n_frames = {uid: corpus.store.n_frames(uid) for uid in corpus.store.uids}
+    for fold, _, (train, validation, test) in seen:
+        assert len(train) == sum(len(segment_starts(n_frames[u], 128, 16)) for u in fold.train)
+        for split, uids in ((validation, fold.validation), (test, fold.test)):
+            assert len(split) == sum(len(segment_starts(n_frames[u], 128, 64)) for u in uids)
+
+
+# ----------------------------------------------------------------------------------------------------- corruption
+def corrupt_truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 1000])
+
+
+def corrupt_empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def corrupt_same_size(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    values = np.frombuffer(bytes(data[-4000:]), dtype="<f4") + 1.0  # finite, other values, same size
+    data[-4000:] = values.astype("<f4").tobytes()
+    path.write_bytes(bytes(data))
+
+
+def corrupt_nan(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.seek(-400, os.SEEK_END)
+        f.write(np.full(10, np.nan, dtype="<f4").tobytes())
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [(corrupt_truncate, "truncated"), (corrupt_empty, "cannot be read"), (corrupt_same_size, "sha256 mismatch"),
+     (corrupt_nan, "NaN")],
+)
+def test_a_corrupt_feature_file_is_detected_named_and_rebuilt(tmp_path, counter, capsys, corrupt, message):
+    utts = make_corpus(tmp_path / "wav", {"a": (200, "s"), "b": (210, "s")})
+    store = prepare(utts, FrontEndConfig(), tmp_path / "cache", progress=False)
+    expected = {u.uid: store.logmel(u.uid).copy() for u in utts}
+    assert capsys.readouterr().err == ""
+    corrupt(store.path / "features.npy")
+    counter.paths.clear()
+    again = prepare(utts, FrontEndConfig(), tmp_path / "cache", progress=False)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and str(store.path / "features.npy") in lines[0] and message in lines[0]
+    assert "rebuilding" in lines[0]
+    assert len(counter.paths) == 2 and again.path == store.path
+    for uid, logmel in expected.items():
+        np.testing.assert_array_equal(again.logmel(uid), logmel)
+    prepare(utts, FrontEndConfig(), tmp_path / "cache", progress=False)
+    assert capsys.readouterr().err == "" and len(counter.paths) == 2, "the rebuilt pack is trusted"
+
+
+def test_a_corrupt_older_pack_is_not_copied_from(tmp_path, counter, capsys):
+    utts = make_corpus(tmp_path / "wav", {"a": (200, "s"), "b": (210, "s")})
+    first = prepare(utts[:1], FrontEndConfig(), tmp_path / "cache", progress=False)
+    corrupt_nan(first.path / "features.npy")
+    counter.paths.clear()
+    store = prepare(utts, FrontEndConfig(), tmp_path / "cache", progress=False)  # a new pack, "a" not reusable
+    assert sorted(counter.paths) == sorted(str(u.path) for u in utts)
+    assert "NaN" in capsys.readouterr().err and np.isfinite(store.data).all()
+
+
+@pytest.mark.parametrize("content", ["{not json", "[]", '{"version": 1}'])
+def test_a_bad_index_is_named_and_rebuilt(tmp_path, counter, capsys, content):
+    utts = make_corpus(tmp_path / "wav", {"a": (200, "s")})
+    store = prepare(utts, FrontEndConfig(), tmp_path / "cache", progress=False)
+    (store.path / "index.json").write_text(content)
+    counter.paths.clear()
+    again = prepare(utts, FrontEndConfig(), tmp_path / "cache", progress=False)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(store.path / "index.json") in err[0] and len(again) == 1

@@ -141,7 +141,7 @@ def test_normalised_features_equal_the_training_ones_for_one_file(tmp_path, wav3
     store = prepare([Utterance(wav3, "happy", "s1")], fe, tmp_path / "cache", progress=False)
     training = build_segments(store, [Utterance(wav3, "happy", "s1")], fe)
     got = predictor.features(wav3).segments
-    torch.testing.assert_close(got, training.x, atol=1e-4, rtol=1e-5)
+    assert torch.equal(got, training.x)
     assert got.mean(dim=(0, 2)).abs().max() < 0.5  # normalised, not raw log-Mel (around -5)
     raw = atfnn.load(make_model_dir(tmp_path, norm="none"), device="cpu").features(wav3).segments
     assert not torch.allclose(got, raw)
@@ -180,3 +180,77 @@ def test_result_types():
     assert Failure("a.wav", "why").to_dict() == {"path": "a.wav", "error": "why"}
     p = Prediction("sad", {"happy": 0.25, "sad": 0.75}, [], "x.wav", 1.0)
     assert p.confidence == 0.75 and "timeline" not in p.to_dict(timeline=False)
+
+
+# ----------------------------------------------------------------------------------------------------- one front end
+def save_with(root: Path, frontend: FrontEndConfig, stats=None, name: str = "m") -> Path:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(lstm_hidden=16, lstm_layers=1), len(LABELS))
+    return save_model(model, LABELS, frontend, root / name, {"note": "test"}, norm_stats=stats)
+
+
+FRONT_ENDS = {
+    "paper": {},
+    "utterance": {"norm": "utterance"},
+    "global": {"norm": "global"},
+    "silence": {"trim_db": 50.0, "floor_db": 80.0, "norm": "utterance"},
+    "htk-repeat": {"mel_scale": "htk", "pad_short": "repeat", "train_segment_hop": 16},
+}
+
+
+@pytest.mark.parametrize("name", FRONT_ENDS)
+def test_predict_computes_the_segments_training_uses_for_the_same_file(tmp_path, name):
+    """Bit for bit: the cache + build_segments (+ a fold's global statistics) against predict's front end."""
+    from atfnn.frontend import apply_stats, fit_global_stats
+
+    fe = FrontEndConfig(**FRONT_ENDS[name])
+    files = {}
+    for i, seconds in enumerate([3.0, 0.9, 2.0]):  # 0.9 s is shorter than one segment: padded
+        files[f"f{i}"] = tmp_path / f"f{i}.wav"
+        wave = np.concatenate([np.zeros(4000, np.float32), speechlike(seconds, seed=i), np.zeros(2000, np.float32)])
+        sf.write(files[f"f{i}"], wave, SR)
+    utts = [Utterance(p, "happy", "s1") for p in files.values()]
+    store = prepare(utts, fe, tmp_path / "cache", progress=False)
+    stats = fit_global_stats(store, [utts[2].uid]) if fe.norm == "global" else None
+    predictor = atfnn.load(save_with(tmp_path, fe, stats), device="cpu")
+    for utt in utts[:2]:
+        training = build_segments(store, [utt], fe)  # evaluation segments, normalised as the fold would
+        apply_stats(training.x, stats)
+        got = predictor.features(utt.path)
+        assert torch.equal(got.segments, training.x), name
+        assert torch.equal(got.logmel, torch.from_numpy(store.logmel(utt.uid).copy()))
+    if fe.trim_db:
+        assert got.first_frame > 0 and predictor.predict(utt.path).timeline[0].start == got.first_frame * 0.01
+
+
+def test_a_global_model_carries_its_statistics_and_needs_them(tmp_path, wav3):
+    from atfnn.checkpoint import read_card
+    from atfnn.frontend import NormStats
+
+    stats = NormStats(np.full((80, 1), -5.0, np.float32), np.full((80, 1), 2.0, np.float32), 1000)
+    card = read_card(save_with(tmp_path, FrontEndConfig(norm="global"), stats, "with"))
+    assert np.array_equal(card.norm_stats.mean, stats.mean) and card.norm_stats.n_frames == 1000
+    raw = atfnn.load(save_with(tmp_path, FrontEndConfig(), name="raw"), device="cpu").features(wav3).segments
+    got = atfnn.load(save_with(tmp_path, FrontEndConfig(norm="global"), stats, "with"), device="cpu").features(wav3)
+    torch.testing.assert_close(got.segments, (raw + 5) / 2)
+    without = atfnn.load(save_with(tmp_path, FrontEndConfig(norm="global"), name="without"), device="cpu")
+    with pytest.raises(ATFNNError, match="norm=global needs the training statistics"):
+        without.predict(wav3)
+    assert read_card(save_with(tmp_path, FrontEndConfig(), name="plain")).norm_stats is None
+
+
+def test_onnx_export_carries_the_global_statistics(tmp_path, wav3):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from atfnn.export import export_onnx
+    from atfnn.frontend import NormStats
+
+    rng = np.random.default_rng(0)
+    stats = NormStats(rng.normal(-5, 1, (80, 1)).astype(np.float32), rng.uniform(1, 3, (80, 1)).astype(np.float32), 9)
+    model_dir = save_with(tmp_path, FrontEndConfig(norm="global"), stats)
+    onnx_path = export_onnx(model_dir, tmp_path / "m.onnx")
+    onnx_predictor = atfnn.load(onnx_path, device="cpu")
+    assert np.array_equal(onnx_predictor.card.norm_stats.std, stats.std)
+    torch_result = atfnn.load(model_dir, device="cpu").predict(wav3)
+    onnx_result = onnx_predictor.predict(wav3)
+    np.testing.assert_allclose(list(onnx_result.probs.values()), list(torch_result.probs.values()), atol=1e-5)
