@@ -66,6 +66,9 @@ class ModelConfig:
     head: str = "linear"  # open: "input into the classifier" -> linear | mlp
     head_dropout: float = 0.0  # open
     afnn_pool: str = "mean"  # AFNN has no T-Encoder: the frequency encoding is averaged over time ("mean" | "max")
+    # Open: T-Attention's weights from the input x (II-B.2 and Fig. 4) or from the F-Encoder's output x̂', Ta(x̂'), as
+    # eq. (4) prints it: x | encoding
+    t_attention_input: str = "x"
     # Not in the paper: "speaker" standardises h' per speaker before the classifier (statistics of each speaker's
     # segments in the batch when training, of all of a split's segments per speaker when evaluating; transductive like
     # frontend.norm="speaker"). A prediction without a speaker group uses running estimates. "none" = the paper.
