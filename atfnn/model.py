@@ -126,7 +126,7 @@ class TAttention(nn.Module):
 
 
 class TEncoder(nn.Module):
-    """II-A.2: 3-layer Bi-LSTM over frames; h = [last forward state, last backward state]. (B, T, D) -> (B, 2*hidden)."""
+    """II-A.2: 3-layer Bi-LSTM over frames, h = [last forward, last backward state]; (B, T, D) -> (B, 2*hidden)."""
 
     def __init__(self, input_size: int, hidden: int = 128, layers: int = 3, dropout: float = 0.0):
         super().__init__()
