@@ -60,8 +60,7 @@ class FAttention(nn.Module):
 
 
 class FEncoder(nn.Module):
-    """Fig. 2: linear 1 -> c, self-attention across the bands of each frame (no positions), add & norm,
-    two 1x5 convolutions (32 and c channels), add & norm. x (B, F, T) -> x̂ (B, T, F, C)."""
+    """Fig. 2, x̂ = Fe(x): linear 1 -> c, self-attention across bands, add & norm, two 1x5 convolutions, add & norm."""
 
     # atfnn/fast.py computes this module's function faster where it applies; False (on a module or the class) runs
     # the layers below everywhere, as the parity tests and the benchmarks' reference do.
@@ -80,6 +79,7 @@ class FEncoder(nn.Module):
         self.dropout = nn.Dropout(cfg.encoder_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
+        """x (B, F, T) -> x̂ (B, T, F, C); self-attention over the F bands of each frame, without positions."""
         if self.use_fast and fast.applies(self):
             return fast.f_encoder(self, x)
         b, f, t = x.shape
@@ -101,12 +101,10 @@ class FEncoder(nn.Module):
 
 
 class TAttention(nn.Module):
-    """Eq. (2): x̂'' = x̂' ⊕ (1/c Σ_n a_n ⊗ x̂'), one weight per group of 8 frames of each band.
+    """Eq. (2): x̂'' = x̂' ⊕ (1/c Σ_n a_n ⊗ x̂'), one weight per group of 8 frames of each band, from x or x̂'."""
 
-    The weights come from x as II-B.2 and Fig. 4 say (`in_channels` 1), or from x̂' itself, Ta(x̂') as eq. (4)
-    prints it (model.t_attention_input="encoding": `in_channels` c, the kernel of "size (1 × 8 × c)").
-    """
-
+    # The weights come from x as II-B.2 and Fig. 4 say (in_channels 1), or from x̂' as eq. (4) prints it, Ta(x̂')
+    # (model.t_attention_input="encoding": in_channels c, the "kernel size (1 × 8 × c)" of II-B.2).
     def __init__(self, channels: int = 8, group: int = 8, activation: str = "sigmoid", in_channels: int = 1):
         super().__init__()
         self.group, self.activation = group, activation
@@ -175,8 +173,7 @@ class SpeakerNorm(nn.Module):
 
 
 class ATFNN(nn.Module):
-    """Eq. (3), (4) plus a classifier: h' = Te(Fe(x ⊕ Fa(x)) ⊕ Ta(x)), logits = classifier(h'). Subclasses drop
-    parts; model.t_attention_input="encoding" computes Ta from x̂' = Fe(x ⊕ Fa(x)) as eq. (4) prints it."""
+    """Eq. (3), (4) and a classifier: h' = Te(Fe(x ⊕ Fa(x)) ⊕ Ta(x or x̂')), logits = classifier(h')."""
 
     variant = "atfnn"
 
