@@ -162,6 +162,9 @@ class ModelConfig:
     head: Literal["linear", "mlp"] = "linear"  # open: "input into the classifier"
     head_dropout: Dropout = 0.0  # open
     afnn_pool: Literal["mean", "max"] = "mean"  # AFNN has no T-Encoder: the frequency encoding is pooled over time
+    # Open: T-Attention's weights from the input x (II-B.2 and Fig. 4) or from the F-Encoder's output x̂', Ta(x̂'), as
+    # eq. (4) prints it.
+    t_attention_input: Literal["x", "encoding"] = "x"
     # Not in the paper: "speaker" standardises h' per speaker before the classifier (statistics of each speaker's
     # segments in the batch when training, of all of a split's segments per speaker when evaluating; transductive like
     # frontend.norm="speaker"). A prediction without a speaker group uses running estimates. "none" = the paper.

@@ -4,31 +4,21 @@ Shapes: B batch, F mel bands (80), T frames (128), C channels (c = 8), G groups.
 inside the network the encodings are kept frame-major, (B, T, F, C), because the T-Encoder reads one frame per step.
 Every choice the paper leaves open is a `ModelConfig` field; docs/model.md quotes the paper beside each.
 
-The F-Encoder is computed by an exact reformulation (same function, same parameters and state_dict as the plain
-layers; docs/performance.md has the derivation and timings, tests/test_model_parity.py checks the equivalence):
-its self-attention reads one scalar per band, so its softmax depends only on scalars (`_scalar_self_attention`)
-instead of 80x80 attention over 4-dimensional heads, and its 1x5 convolutions run on the (B, T, F, C) layout as
-channels-last 2-D convolutions, without transposed copies. The plain attention layer still runs where the shortcut
-does not apply (ONNX export and tracing, dropout on the attention weights). On fp32 CPU tensors the scalar attention,
-the two add & norm steps and (on AVX-512 CPUs) the convolution block run as fused C kernels (atfnn.kernels; torch
-ops where they cannot be built).
+The layers below are the network. The F-Encoder is computed faster by atfnn/fast.py (an exact reformulation and
+fused C kernels; same parameters, same function) wherever `FEncoder.use_fast` is on and the fast form applies.
 """
 from __future__ import annotations
-
-import contextlib
-import contextvars
-import math
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from atfnn import kernels
+from atfnn import fast
 from atfnn.config import ModelConfig
 from atfnn.errors import ConfigError
 
 VARIANTS = ("atfnn", "tfnn", "afnn", "atnn")
+T_ATTENTION_INPUTS = ("x", "encoding")  # model.t_attention_input: II-B.2 and Fig. 4, or eq. (4) as printed
 # model.embedding_norm="speaker": BatchNorm's epsilon and momentum for the per-speaker standardisation of h'.
 SPEAKER_NORM_EPS = 1e-5
 SPEAKER_NORM_MOMENTUM = 0.1
@@ -41,21 +31,6 @@ PARTS = {
 }
 
 
-# The dtype the T-Encoder's Bi-LSTM autocasts to under `t_encoder_autocast` (train.precision=bf16-lstm), else None.
-_T_ENCODER_DTYPE: contextvars.ContextVar[torch.dtype | None] = contextvars.ContextVar("t_encoder_dtype", default=None)
-
-
-@contextlib.contextmanager
-def t_encoder_autocast(dtype: torch.dtype) -> Iterator[None]:
-    """Autocast for the T-Encoder's Bi-LSTM only (train.precision=bf16-lstm): everything before it stays fp32 (and
-    on the fused kernels), and the encoding it returns is fp32."""
-    token = _T_ENCODER_DTYPE.set(dtype)
-    try:
-        yield
-    finally:
-        _T_ENCODER_DTYPE.reset(token)
-
-
 def _activate(scores: Tensor, kind: str, group_dim: int) -> Tensor:
     if kind == "sigmoid":
         return torch.sigmoid(scores)
@@ -64,11 +39,6 @@ def _activate(scores: Tensor, kind: str, group_dim: int) -> Tensor:
     if kind == "tanh":
         return torch.tanh(scores)
     return scores
-
-
-def _exporting() -> bool:
-    """Tracing (ONNX export, torch.jit.trace) records the plain layers, which every exporter knows."""
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
 
 
 class FAttention(nn.Module):
@@ -86,48 +56,15 @@ class FAttention(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         a = self.weights(x).repeat_interleave(self.group, dim=1)  # (B, F, T): 5 bands share a weight
-        return x * (1 + a), a  # = x + a x, one pass over x fewer each way
-
-
-def _scalar_self_attention(x: Tensor, embed: nn.Linear, attention: nn.MultiheadAttention) -> Tensor:
-    """attention(embed(x)) for sequences of scalars x (N, F) -> (N, F, C), without the (N, heads, F, F) logits.
-
-    Token j is h_j = x_j w + b, so per head q_i = x_i u_q + p_q and k_j = x_j u_k + p_k, and the logit
-    q_i·k_j/√d = x_j (x_i α + β) + (terms without j, which the softmax over j cancels), with α = u_q·u_k/√d,
-    β = p_q·u_k/√d. Since v_j = x_j u_v + p_v and the weights sum to one, head n returns m_in u_v + p_v with
-    m_in = Σ_j softmax_j(a_in x_j) x_j, a_in = x_i α_n + β_n: attention of 1-dimensional queries (a) over
-    1-dimensional keys and values (x). Exact algebra; only the fp32 rounding differs from the plain layer.
-    """
-    n, f = x.shape
-    c, heads = attention.embed_dim, attention.num_heads
-    d = c // heads
-    w, b = embed.weight[:, 0], embed.bias  # (C,), (C,)
-    u = attention.in_proj_weight @ w  # (3C,): the q, k, v of a token per unit of x
-    p = attention.in_proj_weight @ b + attention.in_proj_bias  # (3C,): ... and at x = 0
-    u_q, u_k, u_v = u.view(3, heads, d).unbind(0)
-    p_q, _, p_v = p.view(3, heads, d).unbind(0)
-    alpha, beta = (u_q * u_k).sum(-1) / math.sqrt(d), (p_q * u_k).sum(-1) / math.sqrt(d)  # (H,)
-    queries = torch.addcmul(beta[:, None], x[:, None, :], alpha[:, None])  # (N, H, F)
-    # Centring the keys leaves the softmax unchanged and keeps the products a·x small (better fp32 rounding);
-    # the centre is a constant for autograd, which is exact because the result does not depend on it.
-    centre = x.mean(dim=1, keepdim=True).detach()
-    keys = x - centre  # (N, F)
-    if kernels.usable(queries, keys):
-        m = kernels.scalar_attention(queries, keys)  # (N, H, F)
-    else:
-        k = keys[:, None, :, None].expand(n, heads, f, 1)
-        m = F.scaled_dot_product_attention(queries.unsqueeze(-1), k, k, scale=1.0).squeeze(-1)  # (N, H, F)
-    m = m + centre[:, None, :]
-    # Output projection of [m_in u_v + p_v]_n: m (N, F, H) @ Z (H, C) + z0.
-    w_o = attention.out_proj.weight.view(c, heads, d)  # columns grouped by head
-    z = torch.einsum("chd,hd->hc", w_o, u_v)
-    z0 = attention.out_proj.weight @ p_v.reshape(c) + attention.out_proj.bias
-    return torch.addmm(z0, m.transpose(1, 2).reshape(n * f, heads), z).view(n, f, c)
+        return x * (1 + a), a  # = x ⊕ (a ⊗ x)
 
 
 class FEncoder(nn.Module):
-    """Fig. 2: linear 1 -> c, self-attention across the bands of each frame (no positions), add & norm,
-    two 1x5 convolutions (32 and c channels), add & norm. x (B, F, T) -> x̂ (B, T, F, C)."""
+    """Fig. 2, x̂ = Fe(x): linear 1 -> c, self-attention across bands, add & norm, two 1x5 convolutions, add & norm."""
+
+    # atfnn/fast.py computes this module's function faster where it applies; False (on a module or the class) runs
+    # the layers below everywhere, as the parity tests and the benchmarks' reference do.
+    use_fast = True
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -142,86 +79,64 @@ class FEncoder(nn.Module):
         self.dropout = nn.Dropout(cfg.encoder_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
+        """x (B, F, T) -> x̂ (B, T, F, C); self-attention over the F bands of each frame, without positions."""
+        if self.use_fast and fast.applies(self):
+            return fast.f_encoder(self, x)
         b, f, t = x.shape
-        # Under bf16 autocast only the convolutions run in bf16: the attention over scalars is a softmax of
-        # products of raw log-Mel values (bf16 keeps 8 bits of them), and on CPUs the attention kernel and the
-        # LayerNorms run slower in bf16 than in fp32 (docs/performance.md).
-        with torch.autocast(x.device.type, enabled=False):
-            tokens = x.to(self.embed.weight.dtype).transpose(1, 2).reshape(b * t, f)  # F scalars per frame
-            h = self.embed(tokens.unsqueeze(-1))  # (B*T, F, C)
-            h = self._add_norm(h, self._attend(tokens, h), self.norm1)
-        y = self._convolve(h.view(b, t, f, -1)).reshape(b * t, f, -1)
-        with torch.autocast(x.device.type, enabled=False):
-            h = self._add_norm(h, y.to(h.dtype), self.norm2)
+        h = self.embed(x.transpose(1, 2).reshape(b * t, f, 1))  # (B*T, F, C): one sequence of F tokens per frame
+        attended, _ = self.attention(h, h, h, need_weights=False)
+        h = self.norm1(h + self.dropout(attended))
+        y = self._convolve(h.view(b, t, f, -1))
+        h = self.norm2(h + self.dropout(y.reshape(b * t, f, -1)))
         return h.view(b, t, f, -1)  # (B, T, F, C)
 
-    def _add_norm(self, h: Tensor, y: Tensor, norm: nn.LayerNorm) -> Tensor:
-        """norm(h + dropout(y)): one fused pass on fp32 CPU tensors (atfnn.kernels), else the torch layers."""
-        if kernels.usable(h, y):
-            return kernels.add_dropout_norm(h, y, norm, self.dropout.p if self.training else 0.0)
-        return norm(h + self.dropout(y))
-
-    def _attend(self, tokens: Tensor, h: Tensor) -> Tensor:
-        # Dropout on the attention weights breaks "weights sum to one", which the shortcut relies on.
-        if _exporting() or (self.training and self.attention.dropout > 0):
-            return self.attention(h, h, h, need_weights=False)[0]
-        return _scalar_self_attention(tokens, self.embed, self.attention)
-
     def _convolve(self, h: Tensor) -> Tensor:
-        """The 1x5 convolutions along the bands of a frame (default) or the frames of a band; (B, T, F, C) in/out.
-
-        (B, T, F, C) memory is a channels-last (B, C, T, F) image, so both axes are one Conv2d with a 1x5 or 5x1
-        kernel (the Conv1d weights with a unit axis), and no transposes are copied.
-        """
-        k = self.conv1.kernel_size[0]
-        along_f = self.conv_axis == "frequency"
+        """conv2(relu(conv1(.))) along the bands of a frame (default) or the frames of a band; (B, T, F, C) in/out."""
         b, t, f, c = h.shape
-        if along_f and kernels.conv_block_usable(h.view(b * t, f, c), self.conv1, self.conv2):
-            # One fused pass each way (AVX-512 CPUs, fp32): the ReLU output is never stored (atfnn.kernels).
-            return kernels.conv_block(h.view(b * t, f, c), self.conv1, self.conv2).view(b, t, f, c)
-        kernel = (lambda w: w.unsqueeze(2)) if along_f else (lambda w: w.unsqueeze(3))  # (out, in, 1, k) / (k, 1)
-        padding = (0, k // 2) if along_f else (k // 2, 0)
-        y = h.permute(0, 3, 1, 2)  # (B, C, T, F), channels-last
-        # In place: conv2d's backward keeps its input, not its output, so ReLU may overwrite it (one buffer less).
-        y = F.relu(F.conv2d(y, kernel(self.conv1.weight), self.conv1.bias, padding=padding), inplace=True)
-        y = F.conv2d(y, kernel(self.conv2.weight), self.conv2.bias, padding=padding)
-        return y.permute(0, 2, 3, 1)  # (B, T, F, C)
+        if self.conv_axis == "frequency":
+            y = self.conv2(F.relu(self.conv1(h.reshape(b * t, f, c).transpose(1, 2))))  # (B*T, C, F)
+            return y.transpose(1, 2).reshape(b, t, f, c)
+        y = self.conv2(F.relu(self.conv1(h.permute(0, 2, 3, 1).reshape(b * f, c, t))))  # (B*F, C, T)
+        return y.reshape(b, f, c, t).permute(0, 3, 1, 2)
 
 
 class TAttention(nn.Module):
-    """Eq. (2): x̂'' = x̂' ⊕ (1/c Σ_n a_n ⊗ x̂'), one weight per group of 8 frames of each band, computed from x."""
+    """Eq. (2): x̂'' = x̂' ⊕ (1/c Σ_n a_n ⊗ x̂'), one weight per group of 8 frames of each band, from x or x̂'."""
 
-    def __init__(self, channels: int = 8, group: int = 8, activation: str = "sigmoid"):
+    # The weights come from x as II-B.2 and Fig. 4 say (in_channels 1), or from x̂' as eq. (4) prints it, Ta(x̂')
+    # (model.t_attention_input="encoding": in_channels c, the "kernel size (1 × 8 × c)" of II-B.2).
+    def __init__(self, channels: int = 8, group: int = 8, activation: str = "sigmoid", in_channels: int = 1):
         super().__init__()
         self.group, self.activation = group, activation
-        self.conv = nn.Conv2d(1, channels, kernel_size=(1, group), stride=(1, group))
+        self.conv = nn.Conv2d(in_channels, channels, kernel_size=(1, group), stride=(1, group))
 
-    def weights(self, x: Tensor) -> Tensor:
-        """x (B, F, T) -> group weights (B, F, T/8), averaged over the c channels."""
-        a = _activate(self.conv(x.unsqueeze(1)), self.activation, group_dim=3)  # (B, C, F, T/8)
+    def weights(self, source: Tensor) -> Tensor:
+        """x (B, F, T) or x̂' (B, T, F, C) -> group weights (B, F, T/8), averaged over the c channels."""
+        image = source.unsqueeze(1) if source.dim() == 3 else source.permute(0, 3, 2, 1)  # (B, 1 or C, F, T)
+        a = _activate(self.conv(image), self.activation, group_dim=3)  # (B, C, F, T/8)
         return a.mean(dim=1)
 
-    def forward(self, x: Tensor, encoding: Tensor) -> tuple[Tensor, Tensor]:
-        """x (B, F, T), encoding (B, T, F, C) -> (B, T, F, C) and the weights (B, F, T)."""
-        a = self.weights(x).repeat_interleave(self.group, dim=2)  # (B, F, T): 8 frames share a weight
+    def forward(self, source: Tensor, encoding: Tensor) -> tuple[Tensor, Tensor]:
+        """Weights from `source` (see `weights`), applied to the encoding (B, T, F, C) -> (B, T, F, C), (B, F, T)."""
+        a = self.weights(source).repeat_interleave(self.group, dim=2)  # (B, F, T): 8 frames share a weight
         scale = 1 + a.transpose(1, 2).unsqueeze(-1)  # (B, T, F, 1), broadcast over the c channels
-        return encoding * scale, a  # = encoding + a encoding, one pass over the encoding fewer each way
+        return encoding * scale, a  # = x̂' ⊕ (a ⊗ x̂')
 
 
 class TEncoder(nn.Module):
-    """3-layer Bi-LSTM over frames; h = [last forward state, last backward state]. (B, T, D) -> (B, 2*hidden)."""
+    """II-A.2: 3-layer Bi-LSTM over frames, h = [last forward, last backward state]; (B, T, D) -> (B, 2*hidden)."""
 
     def __init__(self, input_size: int, hidden: int = 128, layers: int = 3, dropout: float = 0.0):
         super().__init__()
         self.lstm = nn.LSTM(input_size, hidden, layers, batch_first=True, bidirectional=True, dropout=dropout)
+        # train.precision=bf16-lstm sets torch.bfloat16: the Bi-LSTM alone autocasts to it and h comes back in fp32.
+        self.autocast_dtype: torch.dtype | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        dtype = _T_ENCODER_DTYPE.get()
-        # Only entered when set: autocast(enabled=False) would switch off an enclosing whole-model autocast.
-        with torch.autocast(x.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+        with fast.lstm_autocast(x.device.type, self.autocast_dtype):
             _, (h_n, _) = self.lstm(x)  # h_n (layers * 2, B, hidden); the last two are the top layer's directions
-        h = torch.cat([h_n[-2], h_n[-1]], dim=1)
-        return h.float() if dtype is not None else h
+        h = torch.cat([h_n[-2], h_n[-1]], dim=1)  # (B, 2*hidden)
+        return h if self.autocast_dtype is None else h.float()
 
 
 class SpeakerNorm(nn.Module):
@@ -258,7 +173,7 @@ class SpeakerNorm(nn.Module):
 
 
 class ATFNN(nn.Module):
-    """Eq. (4) plus a classifier: h' = Te(Fe(x ⊕ Fa(x)) ⊕ Ta(x)), logits = classifier(h'). Subclasses drop parts."""
+    """Eq. (3), (4) and a classifier: h' = Te(Fe(x ⊕ Fa(x)) ⊕ Ta(x or x̂')), logits = classifier(h')."""
 
     variant = "atfnn"
 
@@ -267,12 +182,17 @@ class ATFNN(nn.Module):
         cfg = config or ModelConfig(variant=self.variant)
         if cfg.variant != self.variant:
             raise ConfigError(f"{type(self).__name__} built with model.variant={cfg.variant!r}; use build_model()")
+        if cfg.t_attention_input not in T_ATTENTION_INPUTS:
+            raise ConfigError(f"model.t_attention_input={cfg.t_attention_input!r}; choose from "
+                              f"{', '.join(T_ATTENTION_INPUTS)}")
         self.config, self.num_classes = cfg, num_classes
         has_fa, has_fe, has_ta, has_te = PARTS[self.variant]
         c = cfg.channels
         self.f_attention = FAttention(c, cfg.f_group, cfg.attention_activation) if has_fa else None
         self.f_encoder = FEncoder(cfg) if has_fe else None
-        self.t_attention = TAttention(c, cfg.t_group, cfg.attention_activation) if has_ta else None
+        # Ta(x̂') reads the c channels of the F-Encoder's output; without an F-Encoder (ATNN) x̂' is x itself.
+        t_source_channels = c if cfg.t_attention_input == "encoding" and has_fe else 1
+        self.t_attention = TAttention(c, cfg.t_group, cfg.attention_activation, t_source_channels) if has_ta else None
         frame_size = cfg.n_mels * (c if has_fe else 1)
         self.t_encoder = TEncoder(frame_size, cfg.lstm_hidden, cfg.lstm_layers, cfg.lstm_dropout) if has_te else None
         self.embedding_size = 2 * cfg.lstm_hidden if has_te else frame_size
@@ -311,7 +231,8 @@ class ATFNN(nn.Module):
         else:
             h = h.transpose(1, 2).unsqueeze(-1)  # (B, T, F, 1)
         if self.t_attention is not None:
-            h, maps["t"] = self.t_attention(x, h)  # x̂'' (B, T, F, C), T-Attention computed from x
+            source = x if self.config.t_attention_input == "x" else h  # Fig. 4, or Ta(x̂') of eq. (4)
+            h, maps["t"] = self.t_attention(source, h)  # x̂'' (B, T, F, C)
         if self.t_encoder is not None:
             h = self.t_encoder(h.flatten(2))  # (B, T, F*C) -> h' (B, 256)
         else:

@@ -28,7 +28,7 @@ from atfnn.aggregate import aggregate
 from atfnn.config import ModelConfig, TrainConfig
 from atfnn.errors import ConfigError
 from atfnn.metrics import uar, war
-from atfnn.model import ATFNN, build_model, t_encoder_autocast
+from atfnn.model import ATFNN, build_model
 from atfnn.runtime import resolve_device  # noqa: F401  (the one device resolver; experiment.py imports it from here)
 
 CHECKPOINT = "last.pt"
@@ -71,12 +71,10 @@ def seed_everything(seed: int) -> None:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast of the whole network, bf16 for the T-Encoder's Bi-LSTM only (bf16-lstm), or nothing for
-    fp32 (fp16 only on CUDA, where it is supported)."""
-    if precision == "fp32":
+    """bf16/fp16 autocast of the whole network (fp16 only on CUDA, where it is supported), or nothing for fp32 and
+    for bf16-lstm, whose autocast is the T-Encoder's own (TEncoder.autocast_dtype, set by train_fold)."""
+    if precision in ("fp32", "bf16-lstm"):
         return contextlib.nullcontext()
-    if precision == "bf16-lstm":
-        return t_encoder_autocast(torch.bfloat16)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     if device.type == "cpu" and dtype == torch.float16:
         raise ValueError("train.precision=fp16 needs CUDA; use bf16 or fp32 on the CPU")
@@ -232,6 +230,8 @@ def train_fold(
     fold_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     model = build_model(model_cfg, len(labels)).to(device)
+    if train_cfg.precision == "bf16-lstm" and model.t_encoder is not None:
+        model.t_encoder.autocast_dtype = torch.bfloat16
     adversary = _speaker_adversary(model, train, train_cfg.speaker_adversarial, device)
     if model.speaker_norm is not None and train.spk is None:
         raise ConfigError(

@@ -2,10 +2,12 @@
 
     python benchmarks/profile_step.py --threads 1 --precision fp32,bf16 --out benchmarks/results/profile
     python benchmarks/profile_step.py --threads 1 --torch-ops --out benchmarks/results/profile-torch-ops
+    python benchmarks/profile_step.py --threads 1 --precision fp32 --plain --out benchmarks/results/profile-plain
 
 Writes <out>/profile-<precision>.txt (operators by self CPU time). Same step as benchmarks/run.py: batch 128,
 forward + cross-entropy + backward + Adam, tuned allocator, after one warm-up step; --torch-ops profiles the
-model without the fused kernels of atfnn/kernels.
+model without the fused kernels of atfnn/kernels, --plain the reference of run.py (the plain layers, without the
+fast path of atfnn/fast.py).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--rows", type=int, default=15, help="operators listed")
     parser.add_argument("--batch", type=int, default=None, help="segments per step (default: run.py's, 128)")
     parser.add_argument("--torch-ops", action="store_true", help="without atfnn.kernels (the F-Encoder on torch ops)")
+    parser.add_argument("--plain", action="store_true", help="run.py's reference: the plain layers (no atfnn/fast.py)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/profile"))
     args = parser.parse_args(argv)
     spec = importlib.util.spec_from_file_location("atfnn_bench_run", RUN)
@@ -43,16 +46,16 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if unknown:
         parser.error(f"--precision: unknown {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}")
     for precision in precisions:
-        torch.manual_seed(0)
-        model = bench.build_model(bench.ModelConfig(), bench.N_CLASSES)
-        step = bench.train_step_fn(model, x, y, None if precision == "fp32" else torch.bfloat16,
-                                   fused=not args.torch_ops, lstm_only=precision == "bf16-lstm")
+        model, reference = bench.model_pair("atfnn")
+        dtype = None if precision == "fp32" else torch.bfloat16
+        step = bench.train_step_fn(reference if args.plain else model, x, y, dtype, fused=not args.torch_ops,
+                                   lstm_only=precision == "bf16-lstm")
         step()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             step()
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows)
         path = args.out / f"profile-{precision}.txt"
-        ops = "torch ops" if args.torch_ops else bench.kernels.status()
+        ops = "plain layers" if args.plain else "torch ops" if args.torch_ops else bench.kernels.status()
         path.write_text(f"{precision}, {args.threads} thread(s), batch {batch_size}, F-Encoder: {ops}\n{table}\n")
         print(f"wrote {path}")
         written.append(path)

@@ -5,8 +5,9 @@
     python benchmarks/run.py --repeats 5 --threads 2 --extra     # extra: bf16 autocast and torch.compile
 
 What is measured (docs/performance.md explains each):
-- training throughput (segments/s) of ATFNN and each ablation, optimised (atfnn.model) and reference
-  (benchmarks/reference_model.py, the plain model), same weights, batch 128, forward + backward + Adam step;
+- training throughput (segments/s) of ATFNN and each ablation, optimised (atfnn.model as it runs, with the fast path
+  of atfnn/fast.py) and reference (the same model on its plain layers, `FEncoder.use_fast = False`), same weights,
+  batch 128, forward + backward + Adam step;
   median of the timed repeats after a warm-up step, the two models interleaved in one process;
 - inference throughput (segments/s, eval mode, inference_mode);
 - front end: seconds of audio per second, `atfnn.audio.log_mel_spectrogram` vs librosa with the same parameters;
@@ -20,7 +21,6 @@ import argparse
 import contextlib
 import copy
 import datetime as _dt
-import importlib.util
 import json
 import os
 import platform
@@ -40,10 +40,9 @@ sys.path.insert(0, str(ROOT))
 
 from atfnn import audio, kernels  # noqa: E402
 from atfnn.config import FrontEndConfig, ModelConfig  # noqa: E402
-from atfnn.model import VARIANTS, build_model, t_encoder_autocast  # noqa: E402
+from atfnn.model import VARIANTS, build_model  # noqa: E402
 from atfnn.runtime import cpu_count, tune_allocator  # noqa: E402
 
-REFERENCE_FILE = ROOT / "benchmarks" / "reference_model.py"
 SHARED_DATA = Path(os.environ.get("ATFNN_SHARED_DATA", ROOT / ".." / "shared" / "data")).resolve()
 BATCH = 128
 N_CLASSES = 6  # CASIA
@@ -56,21 +55,13 @@ CASIA_FILES = 100  # the first N files of CASIA, sorted by path, for the front-e
 PREDICT_SECONDS = 3.0
 
 
-def load_reference():
-    """The frozen plain model (benchmarks/reference_model.py) as a module."""
-    spec = importlib.util.spec_from_file_location("atfnn_reference_model", REFERENCE_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def model_pair(variant: str, reference) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """Optimised and reference model of one variant with the same weights."""
+def model_pair(variant: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The model of one variant and the reference, a copy with the same weights on its plain layers."""
     torch.manual_seed(0)
-    cfg = ModelConfig(variant=variant)
-    model = build_model(cfg, N_CLASSES)
-    ref = reference.build_model(cfg, N_CLASSES)
-    ref.load_state_dict(model.state_dict())
+    model = build_model(ModelConfig(variant=variant), N_CLASSES)
+    ref = copy.deepcopy(model)
+    if ref.f_encoder is not None:  # ATNN has no F-Encoder: the reference is the same network there
+        ref.f_encoder.use_fast = False
     return model, ref
 
 
@@ -86,17 +77,16 @@ def train_step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtyp
                   fused: bool = True, lstm_only: bool = False):
     """A closure running one training step (forward, cross-entropy, backward, Adam), as atfnn.training does;
     fused=False runs the optimised model on torch ops instead of atfnn.kernels; lstm_only autocasts the T-Encoder
-    alone (train.precision=bf16-lstm)."""
+    alone (train.precision=bf16-lstm), on a copy of the model."""
+    if lstm_only and dtype is not None:  # the T-Encoder's own autocast instead of the whole network's
+        model = copy.deepcopy(model)
+        model.t_encoder.autocast_dtype, dtype = dtype, None
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
 
     def step() -> None:
         with contextlib.nullcontext() if fused else kernels.disabled():
-            if lstm_only and dtype is not None:
-                cast = t_encoder_autocast(dtype)
-            else:
-                cast = torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None)
-            with cast:
+            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 logits = model(x)
             loss = torch.nn.functional.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
@@ -108,7 +98,8 @@ def train_step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtyp
 
 def t_encoder_step_fn(model: torch.nn.Module, dtype: torch.dtype | None = None):
     """Forward + backward of the model's T-Encoder alone on a batch of its inputs (B, T, F*C): the part that the
-    optimised and the reference ATFNN share (both run nn.LSTM), so reference step / this step bounds their ratio."""
+    optimised and the reference ATFNN share (nn.LSTM has no fast path), so reference step / this step bounds their
+    ratio."""
     encoder = copy.deepcopy(model.t_encoder).train()
     cfg = ModelConfig()
     x = torch.randn(BATCH, cfg.frames, cfg.n_mels * cfg.channels, requires_grad=True)
@@ -156,11 +147,11 @@ def log(message: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ benchmarks
-def bench_training(reference, variants: list[str], repeats: int, with_reference: bool) -> dict:
+def bench_training(variants: list[str], repeats: int, with_reference: bool) -> dict:
     x, y = batch()
     out = {}
     for variant in variants:
-        model, ref = model_pair(variant, reference)
+        model, ref = model_pair(variant)
         fns = {"optimised": train_step_fn(model, x, y)}
         if fused_available():  # the same model without atfnn.kernels: what the fused kernels add
             fns["optimised_torch_ops"] = train_step_fn(copy.deepcopy(model), x, y, fused=False)
@@ -188,11 +179,11 @@ def _ratios(row: dict) -> None:
         row["speedup_bound"] = round(row["reference"]["median_s"] / row["t_encoder_alone"]["median_s"], 2)
 
 
-def bench_inference(reference, variants: list[str], repeats: int, with_reference: bool) -> dict:
+def bench_inference(variants: list[str], repeats: int, with_reference: bool) -> dict:
     x, _ = batch(INFERENCE_BATCH, seed=1)
     out = {}
     for variant in variants:
-        model, ref = model_pair(variant, reference)
+        model, ref = model_pair(variant)
         models = {"optimised": (model.eval(), True)}
         if fused_available():
             models["optimised_torch_ops"] = (model, False)
@@ -228,12 +219,12 @@ def bench_tencoder(repeats: int) -> dict:
     return out
 
 
-def bench_autocast(reference, repeats: int) -> dict:
+def bench_autocast(repeats: int) -> dict:
     """bf16 autocast training steps of ATFNN against fp32, all interleaved in this process (native bf16
     needs AVX-512-bf16 or AMX; elsewhere CPU autocast emulates it and is slower than fp32)."""
     x, y = batch()
     out: dict = {}
-    model, ref = model_pair("atfnn", reference)
+    model, ref = model_pair("atfnn")
     steps = {}
     # fp16 autocast is CUDA-only in atfnn (train.precision), and the reference in bf16 (minutes per repeat where
     # bf16 is emulated) adds nothing to the question "how much faster is bf16 training than fp32".
@@ -456,8 +447,7 @@ from atfnn.runtime import peak_rss_mib
 if {malloc!r} == "tuned":
     bench.tune_allocator()
 torch.set_num_threads({threads})
-reference = bench.load_reference()
-model, ref = bench.model_pair({variant!r}, reference)
+model, ref = bench.model_pair({variant!r})
 m = model if {which!r} == "optimised" else ref
 x, y = bench.batch()
 step = bench.train_step_fn(m, x, y)
@@ -542,7 +532,8 @@ def write_markdown(results: dict, path: Path) -> None:
         f"- Load average at start / end: {', '.join(f'{v:.2f}' for v in info['load_average_start'])} / "
         f"{', '.join(f'{v:.2f}' for v in info.get('load_average_end', []))} (other processes skew timings)",
         f"- Timing: batch {BATCH}, {results['repeats']} timed repeat(s) after 1 warm-up, median; optimised and "
-        "reference interleaved in one process, same weights.",
+        "reference (the same model on its plain layers, FEncoder.use_fast off) interleaved in one process, same "
+        "weights.",
         f"- glibc allocator: {results['malloc']} (`--malloc`; tuned = keep freed memory, see atfnn/runtime.py)",
         f"- F-Encoder kernels of the optimised model: {info.get('kernels', '-')} (atfnn/kernels; the 'torch ops' "
         "column is the same model without them)", "",
@@ -633,7 +624,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = cores)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated model variants")
-    parser.add_argument("--no-reference", action="store_true", help="skip the (slow) reference model")
+    parser.add_argument("--no-reference", action="store_true", help="skip the (slow) reference: the plain layers")
     parser.add_argument("--only", default="training,parallel,tencoder,inference,memory,frontend,predict,allocator",
                         help="comma-separated subset of: training, parallel, tencoder, inference, memory, frontend, predict, allocator, "
                              "autocast, compile")
@@ -658,16 +649,15 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     with_ref = not args.no_reference
-    reference = load_reference()
     results: dict = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else "run.main(...)",
         "machine": machine_info(threads), "repeats": repeats, "batch": BATCH, "malloc": args.malloc,
     }
     log(f"{results['machine']['cpu_model']}, {threads} threads, torch {torch.__version__}, repeats {repeats}")
     if "training" in parts:
-        results["training"] = bench_training(reference, variants, repeats, with_ref)
+        results["training"] = bench_training(variants, repeats, with_ref)
     if "inference" in parts:
-        results["inference"] = bench_inference(reference, variants, repeats, with_ref)
+        results["inference"] = bench_inference(variants, repeats, with_ref)
     if "parallel" in parts and cpu_count() > 1:
         single = results.get("training", {}).get("atfnn", {}).get("optimised")
         results["parallel"] = bench_parallel(repeats, args.malloc, single)
@@ -682,7 +672,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "tencoder" in parts:
         results["tencoder"] = bench_tencoder(repeats)
     if "autocast" in parts:
-        results["autocast"] = bench_autocast(reference, repeats)
+        results["autocast"] = bench_autocast(repeats)
     if "compile" in parts:
         results["compile"] = bench_compile(repeats)
     results["machine"]["load_average_end"] = list(os.getloadavg())

@@ -60,3 +60,11 @@ def test_profile_step_writes_a_table_per_precision(tmp_path):
     assert written == [tmp_path / "profile-fp32.txt"]
     text = written[0].read_text()
     assert text.startswith("fp32, 1 thread(s), batch 2") and "Self CPU" in text
+
+
+def test_the_reference_is_the_same_weights_on_the_plain_layers():
+    model, reference = _bench().model_pair("atfnn")
+    assert model.f_encoder.use_fast and not reference.f_encoder.use_fast
+    assert model.state_dict().keys() == reference.state_dict().keys()
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in model.state_dict().items())
+    assert reference.f_encoder is not model.f_encoder  # switching one off must leave the other on

@@ -202,3 +202,16 @@ def test_export_of_a_speaker_normalised_model_applies_its_running_estimates(tmp_
         identity = model.classifier(model.embed(x)[0]).numpy()
     np.testing.assert_allclose(session(path).run(None, {INPUT_NAME: x.numpy()})[0], expected, atol=ATOL)
     assert not np.allclose(expected, identity, atol=1e-3)  # the estimates do change the logits
+
+
+@pytest.mark.parametrize("source", ["x", "encoding"])
+def test_export_computes_t_attention_from_the_input_the_config_names(source, tmp_path):
+    """model.t_attention_input: the exported graph matches PyTorch's logits and attention choice for both settings."""
+    config = ModelConfig(lstm_hidden=16, lstm_layers=1, t_attention_input=source)
+    path = export_onnx(save(tmp_path, config), tmp_path / f"{source}.onnx")  # verifies against PyTorch itself
+    assert read_metadata(path).model.t_attention_input == source
+    x = torch.randn(2, 80, 128) * 3 - 6
+    model, _ = load_model(tmp_path / config.variant)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(session(path).run(None, {INPUT_NAME: x.numpy()})[0], expected, atol=ATOL)

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import pytest
 import torch
 
-from atfnn import kernels
+from atfnn import fast, kernels
 from atfnn.config import ModelConfig
 from atfnn.errors import ConfigError
 from atfnn.model import (
@@ -16,6 +17,7 @@ from atfnn.model import (
 B, F, T, C = 2, 80, 128, 8
 # Default ATFNN with 6 classes (CASIA): stated in docs/model.md; a change here is a change of architecture.
 ATFNN_PARAMETERS_6_CLASSES = 1_583_606
+SMALL_LSTM = {"lstm_hidden": 16, "lstm_layers": 1}  # where the test is about what comes before the T-Encoder
 
 
 @pytest.fixture(autouse=True)
@@ -142,8 +144,10 @@ def test_accepts_channel_axis_and_rejects_wrong_shape():
 def test_unknown_variant_and_mismatched_class():
     with pytest.raises(ConfigError, match="available: atfnn"):
         build_model(ModelConfig(variant="cnn"), 2)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"TFNN built with model.variant='atfnn'; use build_model\(\)"):
         TFNN(2, ModelConfig(variant="atfnn"))
+    with pytest.raises(ConfigError, match="model.t_attention_input='spectrogram'; choose from x, encoding"):
+        build_model(ModelConfig(t_attention_input="spectrogram"), 2)
 
 
 def test_softmax_attention_sums_to_one_over_groups():
@@ -152,12 +156,18 @@ def test_softmax_attention_sums_to_one_over_groups():
     assert torch.allclose(w.sum(dim=1), torch.ones(B, T), atol=1e-5)
 
 
+def _require_kernels():
+    """Skip without the fused kernels, or fail where CI requires them (ATFNN_REQUIRE_KERNELS=1)."""
+    if not kernels.usable(torch.zeros(1)):
+        if os.environ.get("ATFNN_REQUIRE_KERNELS") == "1":
+            pytest.fail(f"fused kernels required but unavailable: {kernels.status()}")
+        pytest.skip(f"fused kernels unavailable: {kernels.status()}")
+
+
 @pytest.mark.parametrize("fused", [True, False], ids=["fused-kernels", "torch-ops"])
 def test_bf16_autocast_runs_the_scalar_attention_in_fp32_and_stays_close_to_fp32(monkeypatch, fused):
-    import atfnn.model as model_module
-
-    if fused and not kernels.usable(torch.zeros(1)):
-        pytest.skip(f"fused kernels unavailable: {kernels.status()}")
+    if fused:
+        _require_kernels()
     autocast_seen = []
 
     def spy(real):
@@ -166,8 +176,8 @@ def test_bf16_autocast_runs_the_scalar_attention_in_fp32_and_stays_close_to_fp32
             return real(*args, **kwargs)
         return call
 
-    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", spy(torch.nn.functional.scaled_dot_product_attention))
-    monkeypatch.setattr(model_module.kernels, "scalar_attention", spy(kernels.scalar_attention))
+    monkeypatch.setattr(fast.F, "scaled_dot_product_attention", spy(torch.nn.functional.scaled_dot_product_attention))
+    monkeypatch.setattr(fast.kernels, "scalar_attention", spy(kernels.scalar_attention))
     torch.manual_seed(0)
     model = build_model(ModelConfig(), 4).eval()
     x = torch.randn(2, 80, 128) * 3 - 6
@@ -185,6 +195,7 @@ def test_bf16_lstm_precision_autocasts_the_t_encoder_alone_and_returns_fp32():
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(), 4).train()
+    model.t_encoder.autocast_dtype = torch.bfloat16  # what train_fold sets for train.precision=bf16-lstm
     seen = {}
     model.t_encoder.lstm.register_forward_pre_hook(lambda m, a: seen.update(lstm=torch.is_autocast_enabled("cpu")))
     model.f_encoder.register_forward_pre_hook(lambda m, a: seen.update(f_encoder=torch.is_autocast_enabled("cpu")))
@@ -199,14 +210,83 @@ def test_bf16_lstm_precision_autocasts_the_t_encoder_alone_and_returns_fp32():
     assert model.t_encoder.lstm.weight_ih_l0.grad.dtype == torch.float32
     with torch.no_grad():
         model.eval()
+        mixed = model(x)
+        model.t_encoder.autocast_dtype = None
         full = model(x)
-        with autocast(torch.device("cpu"), "bf16-lstm"):
-            mixed = model(x)
+        assert not seen["lstm"]
     assert not torch.equal(mixed, full)  # the Bi-LSTM really ran in bf16
     assert torch.allclose(mixed, full, atol=0.02 * full.abs().max().item())
     with autocast(torch.device("cpu"), "bf16"):  # the whole-network autocast still reaches the Bi-LSTM
         model(x)
     assert seen["f_encoder"] and seen["lstm"]
+
+
+# --- model.t_attention_input: Fig. 4 (x) or eq. (4) as printed (x̂') ------------------------------------------------
+
+def test_t_attention_reads_x_by_default_and_the_encoding_with_the_option():
+    """Each setting computes T-Attention's weights from what it names: a hook sees the tensor T-Attention's
+    convolution reads, and only the source named changes the weights."""
+    x = torch.randn(B, F, T)
+    maps, sources = {}, {}
+    for source in ("x", "encoding"):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(t_attention_input=source, encoder_dropout=0.0, **SMALL_LSTM), 4).eval()
+        read = []
+        model.t_attention.conv.register_forward_pre_hook(lambda m, a: read.append(a[0]))
+        with torch.no_grad():
+            encoding = model.f_encoder(model.f_attention(x)[0])  # x̂' (B, T, F, C)
+            _, maps[source] = model.forward_with_attention(x)
+        sources[source] = read[-1]
+        if source == "x":
+            torch.testing.assert_close(sources[source], x.unsqueeze(1), rtol=0, atol=0)  # (B, 1, F, T)
+        else:
+            torch.testing.assert_close(sources[source], encoding.permute(0, 3, 2, 1), rtol=0, atol=0)  # (B, C, F, T)
+    assert not torch.allclose(maps["x"]["t"], maps["encoding"]["t"])
+    assert maps["x"]["t"].shape == maps["encoding"]["t"].shape == (B, F, T)
+
+
+def test_t_attention_from_the_encoding_depends_on_the_f_encoder_and_from_x_does_not():
+    x = torch.randn(1, F, T)
+    for source, follows in (("x", False), ("encoding", True)):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(t_attention_input=source, **SMALL_LSTM), 4).eval()
+        with torch.no_grad():
+            before = model.forward_with_attention(x)[1]["t"]
+            model.f_encoder.norm2.bias.add_(1.0)  # another x̂', the same x
+            after = model.forward_with_attention(x)[1]["t"]
+        assert (not torch.equal(before, after)) == follows, source
+
+
+def test_t_attention_from_the_encoding_reads_c_channels_and_is_x_itself_without_an_f_encoder():
+    assert build_model(ModelConfig(t_attention_input="encoding"), 6).t_attention.conv.in_channels == C
+    assert build_model(ModelConfig(), 6).t_attention.conv.in_channels == 1
+    x = torch.randn(B, F, T)
+    outputs = []
+    for source in ("x", "encoding"):  # ATNN has no F-Encoder: T-Attention is applied to x, so both read x
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(variant="atnn", t_attention_input=source, **SMALL_LSTM), 4).eval()
+        with torch.no_grad():
+            outputs.append(model(x))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+
+
+def test_state_dict_names_and_shapes_are_those_of_saved_models():
+    """atfnn.checkpoint loads weights by these names: a rename would break every saved model."""
+    shapes = {k: tuple(v.shape) for k, v in build_model(ModelConfig(), 6).state_dict().items()}
+    lstm = {k for k in shapes if k.startswith("t_encoder.lstm.")}
+    assert len(lstm) == 3 * 2 * 4 and shapes["t_encoder.lstm.weight_ih_l0"] == (4 * 128, F * C)
+    assert {k: v for k, v in shapes.items() if k not in lstm} == {
+        "f_attention.conv.weight": (C, 1, 5, 1), "f_attention.conv.bias": (C,),
+        "f_encoder.embed.weight": (C, 1), "f_encoder.embed.bias": (C,),
+        "f_encoder.attention.in_proj_weight": (3 * C, C), "f_encoder.attention.in_proj_bias": (3 * C,),
+        "f_encoder.attention.out_proj.weight": (C, C), "f_encoder.attention.out_proj.bias": (C,),
+        "f_encoder.norm1.weight": (C,), "f_encoder.norm1.bias": (C,),
+        "f_encoder.conv1.weight": (32, C, 5), "f_encoder.conv1.bias": (32,),
+        "f_encoder.conv2.weight": (C, 32, 5), "f_encoder.conv2.bias": (C,),
+        "f_encoder.norm2.weight": (C,), "f_encoder.norm2.bias": (C,),
+        "t_attention.conv.weight": (C, 1, 1, 8), "t_attention.conv.bias": (C,),
+        "classifier.1.weight": (6, 256), "classifier.1.bias": (6,),
+    }
 
 
 # --- model.embedding_norm="speaker" (not in the paper) -------------------------------------------------------------

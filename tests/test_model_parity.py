@@ -1,49 +1,37 @@
-"""The optimised atfnn.model computes the same function as the plain reference (benchmarks/reference_model.py),
-with the fused CPU kernels (atfnn.kernels) and without them.
+"""The F-Encoder's fast path (atfnn/fast.py) computes the same function as the plain layers of atfnn/model.py: the
+same module is run with `FEncoder.use_fast` on and off, with the fused CPU kernels (atfnn.kernels) and without them.
 
-Same state_dict in both; logits, attention maps and the gradient of every parameter (and of the input) are compared.
-- float64: optimised and reference agree to 1e-10 (the reformulations are exact algebra; only rounding is left).
-- float32 on unit-scale input: optimised vs reference within RTOL/ATOL (logits, maps) and GRAD_RTOL (gradients).
-- float32 on log-Mel-scale input (values around -6 +- 3): the reference's own fp32 rounding error reaches ~4e-3 of a
-  gradient's scale there (the plain attention subtracts large nearly equal logits), so both are compared with the
-  float64 reference instead, and the optimised model must be within GRAD_RTOL of it.
+Same weights in both (one module); logits, attention maps and the gradient of every parameter (and of the input)
+are compared.
+- float64: fast and plain agree to 1e-10 (the reformulations are exact algebra; only rounding is left).
+- float32 on unit-scale input: fast vs plain within RTOL/ATOL (logits, maps) and GRAD_RTOL (gradients).
+- float32 on log-Mel-scale input (values around -6 +- 3): the plain path's own fp32 rounding error reaches ~4e-3 of
+  a gradient's scale there (the plain attention subtracts large nearly equal logits), so both are compared with the
+  plain path in float64 instead, and the fast path must be within GRAD_RTOL of it.
 """
 from __future__ import annotations
 
-import importlib.util
+import contextlib
+import copy
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
-from atfnn import kernels
+from atfnn import fast, kernels
 from atfnn.config import ModelConfig
-from atfnn.model import VARIANTS, build_model
+from atfnn.model import VARIANTS, FEncoder, build_model
 
-REFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "reference_model.py"
 B, N_CLASSES = 3, 6
-# float32: |opt - ref| <= ATOL + RTOL * |ref|, elementwise; gradients are compared relative to their tensor's scale.
+# float32: |fast - plain| <= ATOL + RTOL * |plain|, elementwise; gradients are compared relative to their tensor's scale.
 RTOL, ATOL = 1e-4, 1e-5
 GRAD_RTOL = 1e-4  # of max |grad| of the parameter tensor
 TOL64 = 1e-10
 
 
-def _reference():
-    spec = importlib.util.spec_from_file_location("atfnn_reference_model", REFERENCE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def reference():
-    return _reference()
-
-
 @pytest.fixture(autouse=True, params=["fused-kernels", "torch-ops"])
 def kernel_path(request):
-    """Every comparison runs twice: with atfnn.kernels (the default on a CPU) and on torch ops alone."""
+    """Every comparison runs twice: the fast path with atfnn.kernels (the default on a CPU) and on torch ops alone."""
     if request.param == "torch-ops":
         with kernels.disabled():
             yield request.param
@@ -64,12 +52,22 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _pair(reference, cfg: ModelConfig, dtype=torch.float32):
+@contextlib.contextmanager
+def plain(model):
+    """Run `model` on its plain layers inside this block: FEncoder.use_fast off on this module only."""
+    if model.f_encoder is None:  # ATNN: no F-Encoder, so both paths are the same network
+        yield model
+        return
+    model.f_encoder.use_fast = False
+    try:
+        yield model
+    finally:
+        del model.f_encoder.use_fast  # back to the class's default
+
+
+def _model(cfg: ModelConfig, dtype=torch.float32):
     torch.manual_seed(0)
-    model = build_model(cfg, N_CLASSES).to(dtype)
-    ref = reference.build_model(cfg, N_CLASSES).to(dtype)
-    ref.load_state_dict(model.state_dict())  # strict: keys and shapes are the reference's
-    return model, ref
+    return build_model(cfg, N_CLASSES).to(dtype)
 
 
 def _inputs(cfg: ModelConfig, dtype=torch.float32, log_mel: bool = False) -> torch.Tensor:
@@ -90,8 +88,8 @@ def _run(model, x):
     return logits.detach(), {k: v.detach() for k, v in maps.items()}, dict(zip(names, grads))
 
 
-def _assert_same(opt, ref, rtol, atol, grad_rtol):
-    (lo, mo, go), (lr, mr, gr) = opt, ref
+def _assert_same(got, want, rtol, atol, grad_rtol):
+    (lo, mo, go), (lr, mr, gr) = got, want
     torch.testing.assert_close(lo, lr, rtol=rtol, atol=atol)
     assert mo.keys() == mr.keys()
     for key in mo:
@@ -105,38 +103,59 @@ def _assert_same(opt, ref, rtol, atol, grad_rtol):
             continue
         scale = float(b.abs().max())
         err = float((a - b).abs().max())
-        assert err <= atol + grad_rtol * scale, f"{name}: max |opt - ref| = {err:.3g}, max |ref| = {scale:.3g}"
+        assert err <= atol + grad_rtol * scale, f"{name}: max |fast - plain| = {err:.3g}, max |plain| = {scale:.3g}"
 
 
-def test_state_dict_keys_and_shapes_are_the_reference_ones(reference):
-    for variant in VARIANTS:
-        cfg = ModelConfig(variant=variant)
-        model, ref = build_model(cfg, N_CLASSES), reference.build_model(cfg, N_CLASSES)
-        assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+def _both_paths(model, x):
+    """_run of the fast path, then of the plain path, of the same module."""
+    got = _run(model, x)
+    with plain(model):
+        return got, _run(model, x)
+
+
+def _spy_fast(monkeypatch) -> list:
+    """Record each call of atfnn.fast.f_encoder, the fast path's dispatch."""
+    calls, real = [], fast.f_encoder
+    monkeypatch.setattr(fast, "f_encoder", lambda encoder, x: calls.append(encoder.training) or real(encoder, x))
+    return calls
+
+
+def test_use_fast_chooses_the_path_at_one_switch(monkeypatch):
+    model = _model(ModelConfig(encoder_dropout=0.0))
+    x = _inputs(ModelConfig())
+    calls = _spy_fast(monkeypatch)
+    assert FEncoder.use_fast and model.f_encoder.use_fast  # the default
+    model(x)
+    assert calls == [True]
+    with plain(model):
+        model(x)
+    assert calls == [True], "with use_fast off the plain layers must run"
+    model(x)
+    assert calls == [True, True], "the switch is back on after the block"
+    torch.jit.trace(model.f_encoder.eval(), x, check_trace=False)
+    assert calls == [True, True], "tracing (ONNX export) must record the plain layers"
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_float32_logits_maps_and_gradients_match_reference(reference, variant):
+def test_float32_logits_maps_and_gradients_match_the_plain_path(variant):
     cfg = ModelConfig(variant=variant, encoder_dropout=0.0)
-    model, ref = _pair(reference, cfg)
-    x = _inputs(cfg)
-    _assert_same(_run(model, x), _run(ref, x), RTOL, ATOL, GRAD_RTOL)
+    _assert_same(*_both_paths(_model(cfg), _inputs(cfg)), RTOL, ATOL, GRAD_RTOL)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_float64_agreement_is_exact_up_to_rounding(reference, variant):
+def test_float64_agreement_is_exact_up_to_rounding(variant):
     """In float64 only rounding at ~1e-16 is left: any algebra slip in the reformulations would show here."""
     cfg = ModelConfig(variant=variant, encoder_dropout=0.0)
-    model, ref = _pair(reference, cfg, torch.float64)
-    x = _inputs(cfg, torch.float64, log_mel=True)
-    _assert_same(_run(model, x), _run(ref, x), 0.0, TOL64, 0.0)
+    model = _model(cfg, torch.float64)
+    _assert_same(*_both_paths(model, _inputs(cfg, torch.float64, log_mel=True)), 0.0, TOL64, 0.0)
 
 
 @pytest.mark.parametrize("variant", ["atfnn", "tfnn"])
-def test_float32_on_log_mel_scale_is_within_tolerance_of_float64_reference(reference, variant):
+def test_float32_on_log_mel_scale_is_within_tolerance_of_the_float64_plain_path(variant):
     cfg = ModelConfig(variant=variant, encoder_dropout=0.0)
-    model, ref = _pair(reference, cfg)
-    truth = _run(ref.double(), _inputs(cfg, torch.float64, log_mel=True))
+    model = _model(cfg)
+    with plain(copy.deepcopy(model).double()) as model64:
+        truth = _run(model64, _inputs(cfg, torch.float64, log_mel=True))
     got = _run(model, _inputs(cfg, log_mel=True))
     as64 = (got[0].double(), {k: v.double() for k, v in got[1].items()}, {k: v.double() for k, v in got[2].items()})
     _assert_same(as64, truth, RTOL, ATOL, GRAD_RTOL)
@@ -148,33 +167,38 @@ def test_float32_on_log_mel_scale_is_within_tolerance_of_float64_reference(refer
         {"conv_axis": "time"},
         {"heads": 4, "attention_activation": "softmax", "head": "mlp"},
         {"heads": 1, "channels": 4, "conv_channels": 16, "lstm_layers": 1, "lstm_hidden": 16},
+        {"t_attention_input": "encoding"},
     ],
-    ids=["conv-time", "4-heads-softmax-mlp", "1-head-small"],
+    ids=["conv-time", "4-heads-softmax-mlp", "1-head-small", "t-attention-from-encoding"],
 )
-def test_other_configurations_match_reference(reference, overrides):
+def test_other_configurations_match_the_plain_path(overrides):
     cfg = ModelConfig(encoder_dropout=0.0, **overrides)
-    model, ref = _pair(reference, cfg)
-    x = _inputs(cfg)
-    _assert_same(_run(model, x), _run(ref, x), RTOL, ATOL, GRAD_RTOL)
+    _assert_same(*_both_paths(_model(cfg), _inputs(cfg)), RTOL, ATOL, GRAD_RTOL)
 
 
-def test_eval_mode_and_no_grad_inference_match_reference(reference):
+def test_eval_mode_and_no_grad_inference_match_the_plain_path():
     """Default config (dropout 0.1) in eval mode, under inference_mode as atfnn.inference runs it."""
-    model, ref = _pair(reference, ModelConfig())
-    model.eval(), ref.eval()
+    model = _model(ModelConfig()).eval()
     x = _inputs(ModelConfig(), log_mel=True)
     with torch.inference_mode():
-        torch.testing.assert_close(model(x), ref(x), rtol=RTOL, atol=ATOL)
+        fast_out = model(x)
+        with plain(model):
+            torch.testing.assert_close(fast_out, model(x), rtol=RTOL, atol=ATOL)
 
 
-def test_attention_dropout_falls_back_to_the_plain_layer(reference):
-    """Dropout on attention weights breaks the shortcut's algebra: training must use nn.MultiheadAttention."""
-    cfg = ModelConfig(variant="afnn", encoder_dropout=0.0, attention_dropout=0.5)
-    model, ref = _pair(reference, cfg)
-    x = _inputs(cfg)
+def test_attention_dropout_falls_back_to_the_plain_layers_in_training_only(monkeypatch):
+    """Dropout on attention weights breaks the scalar form's algebra: training must run the plain layers."""
+    model = _model(ModelConfig(variant="afnn", encoder_dropout=0.0, attention_dropout=0.5))
+    x = _inputs(ModelConfig())
+    calls = _spy_fast(monkeypatch)
     torch.manual_seed(5)
     out = model(x)
-    torch.manual_seed(5)
-    torch.testing.assert_close(out, ref(x), rtol=RTOL, atol=ATOL)  # same random mask only on the same path
-    model.eval(), ref.eval()
-    torch.testing.assert_close(model(x), ref(x), rtol=RTOL, atol=ATOL)  # no dropout in eval: shortcut again
+    with plain(model):
+        torch.manual_seed(5)
+        torch.testing.assert_close(out, model(x), rtol=0, atol=0)  # the same layers draw the same mask
+    assert calls == []
+    model.eval()
+    fast_out = model(x)
+    assert calls == [False], "in eval there is no dropout, so the fast path applies again"
+    with plain(model):
+        torch.testing.assert_close(fast_out, model(x), rtol=RTOL, atol=ATOL)

@@ -1,8 +1,9 @@
 """Fused CPU kernels for the F-Encoder's hot spots, compiled from fencoder.c on first use and called through ctypes.
 
-What they replace (docs/performance.md has the profile and the timings; benchmarks/run.py measures both paths):
+Called by atfnn/fast.py, the F-Encoder's fast path, and nowhere else. What they replace (docs/performance.md has
+the profile and the timings; benchmarks/run.py measures the model with and without them):
 - `scalar_attention`: the softmax attention of 1-dimensional queries over 1-dimensional keys and values that
-  `atfnn.model._scalar_self_attention` reduces the F-Encoder's self-attention to. torch's SDPA kernel treats it as
+  `atfnn.fast.scalar_self_attention` reduces the F-Encoder's self-attention to. torch's SDPA kernel treats it as
   attention with heads of width 1, which leaves it dominated by blocking overhead; the fused loop recomputes the
   weights in the backward pass from two saved numbers per query.
 - `add_dropout_norm`: LayerNorm(h + dropout(y)) over the c channels, the F-Encoder's two add & norm steps, in one
