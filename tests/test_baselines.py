@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import require_extra
 
-pytest.importorskip("opensmile")
+require_extra("opensmile", "baselines")
 
 from atfnn import baselines  # noqa: E402
 from atfnn.config import load_config  # noqa: E402

@@ -65,6 +65,7 @@ def test_demo_config_is_valid_and_small():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_demo_beats_chance(tmp_path, capsys):
     """The README's first command, end to end. Threshold: see docs/experiments.md (demo section)."""
     out = tmp_path / "demo"

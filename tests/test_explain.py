@@ -17,8 +17,8 @@ from atfnn.config import FrontEndConfig, ModelConfig
 from atfnn.corpora.base import Utterance
 from atfnn.errors import ATFNNError
 from atfnn.explain import (
-    DPI, FIGSIZE, HIGH_BAND, PANELS, attention_maps, band_frequency, explain, explain_corpus_main, plot_explanation,
-    select_per_class, stitch,
+    DPI, FIGSIZE, HIGH_BAND, PANELS, CorpusProfile, attention_maps, band_frequency, explain, explain_corpus_main,
+    plot_explanation, select_per_class, stitch,
 )
 
 LABELS = ["happy", "sad"]
@@ -138,6 +138,16 @@ def test_select_per_class_takes_speakers_in_turn():
     assert select_per_class(utts, None) == utts
 
 
+def test_ratio_is_the_mean_weight_from_band_50_up_over_the_mean_below():
+    step = np.array([1.0] * 50 + [3.0] * 30)  # bands 0-49 weigh 1, bands 50-79 weigh 3
+    ramp = np.arange(80.0)  # mean of 50..79 is 64.5, of 0..49 is 24.5
+    profile = CorpusProfile({"happy": step, "sad": ramp[::-1].copy()}, {"happy": 1, "sad": 1})
+    ratios = profile.ratios()
+    assert ratios["happy"] == pytest.approx(3.0)
+    assert ratios["sad"] == pytest.approx(14.5 / 54.5)  # reversed ramp: 29..0 above, 79..30 below
+    assert CorpusProfile({"x": ramp}, {"x": 1}).ratios()["x"] == pytest.approx(64.5 / 24.5)
+
+
 def test_explain_corpus_writes_profiles_and_ratios(models, tmp_path, capsys):
     rows = ["path,label,speaker"]
     for i in range(3):
@@ -157,13 +167,21 @@ def test_explain_corpus_writes_profiles_and_ratios(models, tmp_path, capsys):
     assert set(profiles) == {"happy", "sad"} and all(len(v) == 80 for v in profiles.values())
     summary = json.loads((out / "ratios.json").read_text())
     assert summary["counts"] == {"happy": 2, "sad": 2}
+    # limit 2 takes speakers in turn: utterances 0 (s0) and 1 (s1) of each emotion. Each one's profile is its
+    # F-Attention map averaged over frames; an emotion's profile is the mean of its two.
+    predictor = atfnn.load(models["atfnn"], device="cpu")
     for label, values in profiles.items():
-        values = np.asarray(values)
-        assert summary["ratio_above_below"][label] == pytest.approx(values[50:].mean() / values[:50].mean(), rel=1e-4)
+        per_file = [attention_maps(predictor, tmp_path / f"{label}{i}.wav").maps["f"].mean(axis=1) for i in (0, 1)]
+        np.testing.assert_allclose(values, (per_file[0] + per_file[1]) / 2, atol=2e-6)
+        above, below = sum(values[50:80]) / 30, sum(values[0:50]) / 50
+        assert summary["ratio_above_below"][label] == pytest.approx(above / below, rel=1e-4)
     assert summary["happy_gt_sad"] == (summary["ratio_above_below"]["happy"] > summary["ratio_above_below"]["sad"])
     assert (out / "profiles.png").read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr()
-    assert "happy > sad:" in printed.out and "silent.wav" in printed.err  # the empty file is reported, not fatal
+    assert f"happy > sad: {'yes' if summary['happy_gt_sad'] else 'no'}" in printed.out
+    for label, ratio in summary["ratio_above_below"].items():
+        assert f"{label:<12}{2:>6}{ratio:>26.4f}" in printed.out
+    assert "silent.wav" in printed.err  # the empty file is reported, not fatal
 
     one = tmp_path / "one"
     assert explain_corpus_main(str(models["atfnn"]), str(config), str(one), speakers=["s1"]) == 0

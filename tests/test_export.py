@@ -16,9 +16,10 @@ from atfnn.checkpoint import load_model, save_model
 from atfnn.config import FrontEndConfig, ModelConfig
 from atfnn.errors import ATFNNError
 from atfnn.cli import EXIT_ERROR, main, predict_main
+from conftest import require_extra
 
-onnx = pytest.importorskip("onnx", reason="ONNX export needs the 'export' extra: pip install 'atfnn[export]'")
-ort = pytest.importorskip("onnxruntime", reason="ONNX export needs the 'export' extra: pip install 'atfnn[export]'")
+onnx = require_extra("onnx", "export")
+ort = require_extra("onnxruntime", "export")
 
 from atfnn.export import INPUT_NAME, VERIFY_ATOL, export_onnx, read_metadata  # noqa: E402
 

@@ -25,10 +25,12 @@ def fake_fold(run: Path, seed: int, fold: str, pairs: list[tuple[str, str]]) -> 
 
 @pytest.fixture
 def run(tmp_path) -> Path:
+    """Classes and folds of unequal sizes, so that pooled WAR (micro), UAR (macro) and the means over folds differ."""
     run = tmp_path / "run"
-    # seed 0: fold a 2/2 right, fold b 1 of 2 right (angry->sad once): pooled WAR 75, UAR (100 + 50) / 2 = 75
-    fake_fold(run, 0, "a", [("angry", "angry"), ("sad", "sad")])
-    fake_fold(run, 0, "b", [("angry", "sad"), ("sad", "sad")])
+    # seed 0, fold a: 3 of 3 right.  Fold b: the angry one called sad, 2 of 3 sad right (WAR 2/4, UAR (0 + 2/3) / 2).
+    # Pooled: angry 1 of 2 right, sad 4 of 5: WAR 5/7 = 71.43, UAR (1/2 + 4/5) / 2 = 65.00.
+    fake_fold(run, 0, "a", [("angry", "angry"), ("sad", "sad"), ("sad", "sad")])
+    fake_fold(run, 0, "b", [("angry", "sad"), ("sad", "sad"), ("sad", "angry"), ("sad", "sad")])
     # seed 1 has only fold a so far (all wrong): it must not count yet
     fake_fold(run, 1, "a", [("angry", "sad"), ("sad", "angry")])
     return run
@@ -39,14 +41,21 @@ def test_a_seed_still_training_is_left_out_of_the_headline(run):
     results = finalise_run(run, LABELS, config)
     assert results["partial_seeds"] == [1]
     assert [s["seed"] for s in results["seeds"]] == [0]
-    assert results["war"] == pytest.approx(75.0) and results["uar"] == pytest.approx(75.0)
-    assert results["confusion"] == [[1, 1], [0, 2]]
-    assert "Seed(s) 1 still training" in (run / "report.md").read_text()
-    fake_fold(run, 1, "b", [("angry", "angry"), ("sad", "sad")])
+    assert results["war"] == pytest.approx(100 * 5 / 7) and results["uar"] == pytest.approx(65.0)
+    assert results["confusion"] == [[1, 1], [1, 4]]
+    assert [(f["test"], f["n"]) for f in results["folds"]] == [("a", 3), ("b", 4)]
+    assert [f["war"] for f in results["folds"]] == pytest.approx([100.0, 50.0])
+    assert [f["uar"] for f in results["folds"]] == pytest.approx([100.0, 100 / 3])
+    assert results["war_fold_mean"] == pytest.approx(75.0) and results["uar_fold_mean"] == pytest.approx(200 / 3)
+    report = (run / "report.md").read_text()
+    assert "| ATFNN (ours, 1 seed) | 71.43 | 65.00 |" in report and "Seed(s) 1 still training" in report
+    fake_fold(run, 1, "b", [("sad", "sad"), ("sad", "sad")])
     results = finalise_run(run, LABELS, config)
     assert results["partial_seeds"] == [] and len(results["seeds"]) == 2
-    assert results["seeds"][1]["war"] == pytest.approx(50.0)  # seed 1: 2 of 4 right
-    assert results["war"] == pytest.approx(62.5)
+    # seed 1: 2 of 4 right; angry 0 of 1, sad 2 of 3
+    assert results["seeds"][1]["war"] == pytest.approx(50.0) and results["seeds"][1]["uar"] == pytest.approx(100 / 3)
+    assert results["war"] == pytest.approx((100 * 5 / 7 + 50.0) / 2)
+    assert results["uar"] == pytest.approx((65.0 + 100 / 3) / 2)
 
 
 def test_a_run_with_unfinished_folds_is_flagged_incomplete(tmp_path):
@@ -71,7 +80,7 @@ def test_compare_takes_run_dirs_and_results_files(run, tmp_path):
     kept = tmp_path / "casia-egemaps.json"
     kept.write_text((run / "results.json").read_text().replace('"variant": "atfnn"', '"variant": "svm"'))
     table = compare([run, kept]).splitlines()
-    assert table[2].startswith("| run | casia | atfnn | loso | 1 | 75.00 | 75.00 | 48.75 | 48.75 |")
+    assert table[2].startswith("| run | casia | atfnn | loso | 1 | 71.43 | 65.00 | 48.75 | 48.75 |")
     assert table[3].startswith("| casia-egemaps | casia | svm |")
     with pytest.raises(ATFNNError, match="no results.json"):
         compare([tmp_path / "missing"])

@@ -155,7 +155,6 @@ def test_sad_has_less_high_frequency_energy_than_happy():
 def test_load_reads_the_manifest(tmp_path):
     with pytest.raises(CorpusError, match="generate"):
         synthetic.load(tmp_path / "missing")
-    pytest.importorskip("atfnn.corpora.manifest", reason="atfnn.corpora.manifest is not written yet")
     root = tmp_path / "syn"
     synthetic.generate(root, TINY)
     report = synthetic.load(root)
