@@ -82,6 +82,11 @@ class TrainConfig:
     batch_size: int = 128
     epochs: int = 30  # open: the paper gives no epoch count; the most epochs, early stopping may end sooner
     patience: int = 10  # early stopping on the validation metric
+    # Not in the paper, which trains at a fixed Adam rate: constant | cosine (train.lr down to train.min_lr over
+    # train.epochs) | plateau (halved after 3 epochs without a better validation score, not below train.min_lr).
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0  # linear warm-up of the rate over this many epochs first (0 = none, the paper)
+    min_lr: float = 0.0  # the floor of cosine and plateau
     select_metric: str = "uar"  # model selection on the fold's validation split, never the test speaker
     class_weighting: bool = False
     seed: int = 0
@@ -120,6 +125,11 @@ class ProtocolConfig:
     validation: str = "utterances"  # utterances of the training speakers | speaker (one held-out training speaker)
     val_fraction: float = 0.1
     seed: int = 0
+    # How the epoch count is chosen: "split" (the paper's reading: early stopping on the `validation` split of the
+    # training speakers) | "inner-loso" (leave each training speaker out in turn, pick the epoch count of the best
+    # mean inner curve, then train on all training speakers for it; docs/experiments.md).
+    selection: str = "split"
+    inner_seeds: int = 0  # inner-loso: 0 = every seed selects on its own; 1 = the first seed's epoch count is reused
 
 
 @dataclass
@@ -268,6 +278,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.select_metric": ("uar", "war", "loss"),
     "train.precision": ("fp32", "bf16", "bf16-lstm", "fp16"),
     "train.aggregate": ("mean", "vote", "max"),
+    "train.lr_schedule": ("constant", "cosine", "plateau"),
+    "protocol.selection": ("split", "inner-loso"),
     "protocol.kind": ("loso", "loso_session"),
     "protocol.validation": ("utterances", "speaker"),
 }

@@ -23,3 +23,7 @@ class CorpusError(ATFNNError):
 
 class ConfigError(ATFNNError):
     """A configuration value or override is invalid, or a run directory belongs to another configuration."""
+
+
+class TrainingError(ATFNNError):
+    """Training cannot go on with these settings (a loss that is no longer finite); the message names the fix."""
