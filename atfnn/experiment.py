@@ -390,7 +390,9 @@ def select_epochs(
         return Selection(**json.loads(saved.read_text()))
     by_uid = {u.uid: u for u in corpus.utterances}
     records = {
-        inner.name: _inner_curve(config, corpus, fold, inner, fold_dir / INNER / inner.name, seed, device, progress, log)
+        inner.name: _inner_curve(
+            config, corpus, fold, inner, fold_dir / INNER / inner.name, seed, device, progress, log
+        )
         for inner in inner_folds(fold, by_uid)
     }
     inner = {name: record["curve"] for name, record in records.items()}
@@ -407,7 +409,7 @@ def _inner_curve(
     config: ExperimentConfig, corpus: PreparedCorpus, outer: Fold, inner: Fold, inner_dir: Path, seed: int,
     device: torch.device, progress: bool, log: Callable[[str], None],
 ) -> dict:
-    """One inner fold's validation curve (higher is better) with its cost, trained once, kept in inner_dir/curve.json."""
+    """One inner fold's validation curve (higher is better) and its cost, trained once, kept in inner_dir/curve.json."""
     saved = inner_dir / CURVE
     if saved.is_file():
         return json.loads(saved.read_text())

@@ -182,13 +182,17 @@ def summarise_run(run_dir: str | Path, labels: Sequence[str], config: dict[str, 
         "partial_seeds": partial,
         "complete": complete,
         "folds_expected": len(all_folds),
-        "folds_missing": sorted(f for f in all_folds if any((seed, f) not in fold_info for seed in by_seed)),
-        "selection": selection_cost(config, fold_info.values()),
+        **_missing_and_cost(all_folds, by_seed, fold_info, config),
         "folds": folds,
         "confusion": confusion.tolist(),
         "labels": list(labels),
         "config": config,
     }
+
+
+def _missing_and_cost(all_folds: set[str], by_seed: dict, fold_info: dict, config: dict[str, Any]) -> dict:
+    missing = sorted(f for f in all_folds if any((seed, f) not in fold_info for seed in by_seed))
+    return {"folds_missing": missing, "selection": selection_cost(config, fold_info.values())}
 
 
 def selection_cost(config: dict[str, Any], done: Any) -> dict[str, Any]:
@@ -240,6 +244,16 @@ def _describe(config: dict[str, Any]) -> tuple[str, str, str]:
     return corpus, method, protocol
 
 
+def _incomplete_note(results: dict[str, Any], n_done: int, n_expected: int) -> str:
+    missing = results.get("folds_missing")
+    return (
+        f"**Incomplete run: {n_done} of its {n_expected} folds are finished.** The figures below are over those "
+        "folds only. To finish it, run the same `atfnn train` command without `--folds`"
+        + (f" (or with `--folds {','.join(missing)}`, the folds still missing)" if missing else "")
+        + ", then `atfnn report`."
+    )
+
+
 def render_report(results: dict[str, Any], title: str) -> str:
     """Markdown: a Table II style row (with the paper's figure where there is one), per-fold rows, confusion matrix."""
     corpus, method, protocol = _describe(results["config"])
@@ -256,14 +270,7 @@ def render_report(results: dict[str, Any], title: str) -> str:
         "",
     ]
     if not complete:
-        lines += [
-            f"**Incomplete run: {n_done} of its {n_expected} folds are finished.** The figures below are over those "
-            "folds only. To finish it, run the same `atfnn train` command without `--folds`"
-            + (f" (or with `--folds {','.join(results['folds_missing'])}`, the folds still missing)"
-               if results.get("folds_missing") else "")
-            + ", then `atfnn report`.",
-            "",
-        ]
+        lines += [_incomplete_note(results, n_done, n_expected), ""]
     lines += [
         f"| Database | Protocol | Method | WAR (%) | UAR (%) |",
         "|---|---|---|---|---|",

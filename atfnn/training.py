@@ -40,7 +40,8 @@ LOG_FIELDS = (
 )
 EVAL_BATCH = 256
 ADVERSARY_HIDDEN = 128
-# train.lr_schedule=plateau: the rate is multiplied by PLATEAU_FACTOR after PLATEAU_PATIENCE epochs without a better score.
+# train.lr_schedule=plateau: the rate is multiplied by PLATEAU_FACTOR after PLATEAU_PATIENCE epochs without a
+# better score.
 PLATEAU_FACTOR, PLATEAU_PATIENCE = 0.5, 3
 
 

@@ -1,4 +1,13 @@
-"""Run tiny synthetic experiments and copy predictions.csv + log.csv (minus seconds) under OUT."""
+"""Behaviour check for a refactoring of training: tiny synthetic experiments whose outputs must not change.
+
+    PYTHONPATH=<checkout> python scripts/trainer_parity.py OUT WORK
+
+runs three 3-epoch experiments on a 3-speaker synthetic corpus (the plain paper configuration; EMA + speaker
+adversary + class weights + augmentations + monitored test + gradient clipping; speaker-normalised embeddings with a
+validation speaker, loss selection and patience 1), and copies each fold's predictions.csv and its log.csv (without
+the timing and step columns) under OUT/<variant>/<fold>/. Run it with two checkouts into two OUT folders and compare
+them with `diff -r` (after removing the WORK prefix of the utterance paths).
+"""
 import sys, shutil, csv
 from pathlib import Path
 from atfnn.config import load_config
