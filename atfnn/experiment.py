@@ -380,6 +380,9 @@ def select_epochs(
     """inner-loso: leave each training speaker of the outer fold out in turn, train on the others for train.epochs
     scoring the left-out speaker every epoch, and choose the epoch count with the best mean curve (the first on a
     tie). Each inner fold lives in fold_dir/inner/<speaker>/ and resumes like an outer fold."""
+    if config.protocol.inner_seeds not in (0, 1):
+        raise ConfigError(f"protocol.inner_seeds={config.protocol.inner_seeds} must be 0 (every seed selects) or 1 "
+                          "(the first seed's choice is reused)")
     first = config.train.seed
     if config.protocol.inner_seeds == 1 and seed != first:
         owner = fold_dir.parent.parent / f"seed-{first}" / fold.name

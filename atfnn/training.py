@@ -1,8 +1,10 @@
 """Training of one fold: epochs over shuffled segments, model selection on the fold's validation utterances,
 early stopping, and a checkpoint after every epoch so an interrupted fold resumes where it stopped.
 
-Loss, optimiser and schedule live here, not in the model (model.forward returns logits), and so do the training-only
-options beyond the paper: augmentations, weight averaging and the speaker adversary.
+`train_fold` drives a `Trainer` (model, optimiser, learning-rate `Schedule`, shuffling generator, weight average and
+the `Objective`, which holds the loss and the speaker options) through epochs, keeping what selection and resuming need
+in a `FoldState`. Loss, optimiser and schedule live here, not in the model (model.forward returns logits), and so do
+the training-only options beyond the paper: augmentations, weight averaging and the speaker adversary.
 """
 from __future__ import annotations
 
@@ -371,6 +373,9 @@ class Schedule:
     validation score, or training loss without validation); train.warmup_epochs ramps the rate up linearly first."""
 
     def __init__(self, cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, max_epochs: int):
+        if cfg.warmup_epochs < 0 or not 0.0 <= cfg.min_lr < cfg.lr:
+            raise ConfigError(f"train.warmup_epochs={cfg.warmup_epochs} must be 0 or more and train.min_lr={cfg.min_lr} "
+                              f"in [0, train.lr={cfg.lr})")
         self.cfg, self.optimizer = cfg, optimizer
         self.base = [group["lr"] for group in optimizer.param_groups]
         self.warmup = cfg.warmup_epochs * steps_per_epoch
