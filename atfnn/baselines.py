@@ -291,9 +291,7 @@ def run_baseline(
     _write_run_config(out, config, block)
 
     utterances, labels = _load_utterances(config)
-    all_folds = make_folds(
-        utterances, config.protocol.kind, config.protocol.validation, config.protocol.val_fraction, config.protocol.seed
-    )
+    all_folds = make_folds(utterances, config.protocol)
     _write_or_check_folds(all_folds, utterances, out)
     chosen = select_folds(all_folds, folds)
 

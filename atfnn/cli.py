@@ -77,12 +77,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from atfnn.experiment import final_epochs, fit_final, run_experiment
+    from atfnn.experiment import run_experiment, train_final
 
     config = _config(args)
     if args.final:
-        epochs = args.epochs or final_epochs(args.out)
-        model_dir = fit_final(config, Path(args.out) / "final", epochs, progress=not args.no_progress)
+        model_dir, epochs = train_final(config, args.out, args.epochs, progress=not args.no_progress)
         print(f"final model trained on all speakers for {epochs} epochs: {model_dir}")
         return 0
     results = run_experiment(

@@ -181,6 +181,11 @@ class TrainConfig:
     batch_size: Count = 128
     epochs: Count = 30  # open: the paper gives no epoch count; the most epochs, early stopping may end sooner
     patience: Count = 10  # early stopping on the validation metric
+    # Not in the paper, which trains at a fixed Adam rate: constant | cosine (train.lr down to train.min_lr over
+    # train.epochs) | plateau (halved after 3 epochs without a better validation score, not below train.min_lr).
+    lr_schedule: Literal["constant", "cosine", "plateau"] = "constant"
+    warmup_epochs: NonNegativeInt = 0  # linear warm-up of the rate over this many epochs first (0 = none, the paper)
+    min_lr: NonNegative = 0.0  # the floor of cosine and plateau
     # Model selection on the fold's validation split, never the test speaker.
     select_metric: Literal["uar", "war", "loss"] = "uar"
     class_weighting: bool = False
@@ -221,6 +226,12 @@ class ProtocolConfig:
     validation: Literal["utterances", "speaker"] = "utterances"
     val_fraction: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 0.1
     seed: Seed = 0
+    # How the epoch count is chosen: "split" (the paper's reading: early stopping on the `validation` split of the
+    # training speakers) | "inner-loso" (leave each training speaker out in turn, pick the epoch count of the best
+    # mean inner curve, then train on all training speakers for it; docs/experiments.md).
+    selection: Literal["split", "inner-loso"] = "split"
+    # inner-loso: 0 = every seed selects on its own; 1 = the first seed's epoch count is reused
+    inner_seeds: Annotated[int, Range(0, 1)] = 0
 
 
 @dataclass

@@ -27,3 +27,7 @@ class ConfigError(ATFNNError):
 
 class ModelFileError(ATFNNError):
     """A saved model (directory, card, weights or ONNX file) is missing, unreadable or corrupt; names the file."""
+
+
+class TrainingError(ATFNNError):
+    """Training cannot go on with these settings (a loss that is no longer finite); the message names the fix."""

@@ -1,8 +1,9 @@
 """The experiment runner: every fold (and seed) of a cross-validated experiment, resumable, ending in a report.
 
 RUN_DIR/config.yaml, run.json (fingerprint), folds/, seed-<s>/<fold>/{last.pt, log.csv, model/, predictions.csv,
-done.json}, results.json, report.md, confusion.png. A fold is finished when its done.json exists (written last,
-atomically); a rerun skips finished folds and resumes an unfinished one from last.pt.
+done.json}, results.json, report.md, confusion.png; with protocol.selection=inner-loso also
+seed-<s>/<fold>/{selection.json, inner/<speaker>/{last.pt, log.csv, curve.json}}. A fold is finished when its
+done.json exists (written last, atomically); a rerun skips finished folds and resumes an unfinished one from last.pt.
 """
 from __future__ import annotations
 
@@ -10,30 +11,35 @@ import contextlib
 import json
 import multiprocessing
 import os
+import shutil
 import statistics
 import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import yaml
 
 from atfnn import features as feats
 from atfnn import kernels
 from atfnn.checkpoint import save_model
-from atfnn.config import ExperimentConfig, from_dict, save_config
+from atfnn.config import ExperimentConfig, from_dict
 from atfnn.corpora import Utterance, load_corpus
 from atfnn.errors import ConfigError, CorpusError
 from atfnn.frontend import NormStats, apply_stats, fit_global_stats
-from atfnn.protocols import Fold, make_folds, select_folds, write_folds
+from atfnn.protocols import Fold, inner_folds, make_folds, select_folds, write_folds
 from atfnn.reports import atomic_write_text, finalise_run, write_predictions
 from atfnn.runtime import die_with_parent, peak_rss_mib, threads_per_job, tune_allocator
-from atfnn.training import SplitData, evaluate, resolve_device, train_fold
+from atfnn.training import CHECKPOINT, FoldResult, SplitData, evaluate, resolve_device, train_fold
 
 DONE = "done.json"
+SELECTION = "selection.json"  # inner-loso: the epoch count chosen for the outer fold, and the curves it came from
+INNER = "inner"  # inner-loso: the inner folds of an outer fold, one folder per left-out training speaker
+CURVE = "curve.json"  # a finished inner fold: its validation curve and cost
 LOCK = ".lock"  # held by the `atfnn train` writing the run (run_lock)
 
 
@@ -136,8 +142,12 @@ def run_lock(out: Path):
         handle.close()
 
 
-def check_run_dir(out: Path, config: ExperimentConfig) -> None:
-    """Refuse to mix two configurations in one run directory; record the configuration on first use."""
+def check_run_dir(out: Path, config: ExperimentConfig, log: Callable[[str], None] = print) -> None:
+    """Refuse to mix two configurations in one run directory; record the configuration on first use.
+
+    A directory is tied to its configuration only once a fold of it has finished: a start that failed (a wrong
+    corpus root, a diverged first fold) is taken over by the corrected configuration, its unfinished folds begun
+    again from scratch."""
     run_file = out / "run.json"
     fingerprint = config.fingerprint()
     if run_file.is_file():
@@ -145,14 +155,18 @@ def check_run_dir(out: Path, config: ExperimentConfig) -> None:
         # since the run began (at its default) does not lock the run out; run.json's hash is kept as a record.
         saved = out / "config.yaml"
         previous = load_run_config(out).fingerprint() if saved.is_file() else json.loads(run_file.read_text()).get("fingerprint")
-        if previous != fingerprint:
+        if previous == fingerprint:
+            return
+        if any(out.glob(f"seed-*/*/{DONE}")):
             raise ConfigError(
                 f"{out} holds a run of another configuration (fingerprint {previous} != {fingerprint}); "
                 f"compare {out / 'config.yaml'} with yours, or choose a new --out directory"
             )
-        return
+        log(f"{out}: no fold of its earlier configuration ({previous}) finished; starting again with this one")
+        for seed_dir in out.glob("seed-*"):
+            shutil.rmtree(seed_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     atomic_write_text(run_file, json.dumps({"fingerprint": fingerprint, "created": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
 
 
@@ -173,46 +187,62 @@ def run_experiment(
     not depend on it beyond floating-point summation order.
     """
     out = Path(out)
-    with run_lock(out):
-        return _run_experiment(config, out, folds, seeds, progress, on_fold_done, log, jobs)
-
-
-def _run_experiment(
-    config: ExperimentConfig, out: Path, folds: Sequence[str] | None, seeds: int, progress: bool,
-    on_fold_done: Callable[[str, int], None] | None, log: Callable[[str], None], jobs: int,
-) -> dict:
-    check_run_dir(out, config)
-    tune_allocator()
     if jobs < 1:
         raise ConfigError(f"jobs must be at least 1, got {jobs}")
-    if config.train.threads > 0:
-        torch.set_num_threads(config.train.threads)
-    device = resolve_device(config.train.device)
-    log(f"device {device}; F-Encoder ops: {kernels.status()}")
-    corpus = prepare_corpus(config, progress=progress, log=log)
-    all_folds = make_folds(
-        corpus.utterances, config.protocol.kind, config.protocol.validation, config.protocol.val_fraction,
-        config.protocol.seed,
-    )
-    write_folds(all_folds, corpus.utterances, out)
-    chosen = select_folds(all_folds, folds)
+    with run_lock(out):
+        check_run_dir(out, config, log)
+        device = setup_process(config)
+        log(f"device {device}; F-Encoder ops: {kernels.status()}")
+        corpus = prepare_corpus(config, progress=progress, log=log)
+        all_folds = make_folds(corpus.utterances, config.protocol)
+        write_fold_set(all_folds, corpus.utterances, out)
+        pending = _pending(out, select_folds(all_folds, folds), config.train.seed, seeds, log)
+        if jobs > 1 and len(pending) > 1:
+            for wave in _waves(config, pending):
+                _run_parallel(config, out, wave, jobs, on_fold_done, log)
+        else:
+            for seed, fold in pending:
+                log(f"seed {seed}, fold {fold.name}: training on {len(fold.train)} utterances, "
+                    f"validating on {len(fold.validation)}, testing on {len(fold.test)} ({device})")
+                run_fold(config, corpus, fold, out / f"seed-{seed}" / fold.name, seed, device, progress, log)
+                if on_fold_done is not None:
+                    on_fold_done(fold.name, seed)
+        return finalise_run(out, corpus.labels, config.to_dict(), title=out.name)
+
+
+def setup_process(config: ExperimentConfig, threads: int | None = None) -> torch.device:
+    """What every process that trains does once: the allocator, the thread count, the device."""
+    tune_allocator()
+    threads = threads if threads is not None else config.train.threads
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return resolve_device(config.train.device)
+
+
+def write_fold_set(folds: Sequence[Fold], utterances: Sequence[Utterance], out: Path) -> None:
+    """The folds a run uses, written beside it as readable files."""
+    write_folds(folds, utterances, out)
+
+
+def _pending(out: Path, chosen: list[Fold], first_seed: int, seeds: int, log: Callable[[str], None]) -> list:
     pending = []
-    for seed in range(config.train.seed, config.train.seed + seeds):
+    for seed in range(first_seed, first_seed + seeds):
         for fold in chosen:
             if (out / f"seed-{seed}" / fold.name / DONE).is_file():
                 log(f"seed {seed}, fold {fold.name}: done, skipped")
             else:
                 pending.append((seed, fold))
-    if jobs > 1 and len(pending) > 1:
-        _run_parallel(config, out, pending, jobs, on_fold_done, log)
-    else:
-        for seed, fold in pending:
-            log(f"seed {seed}, fold {fold.name}: training on {len(fold.train)} utterances, "
-                f"validating on {len(fold.validation)}, testing on {len(fold.test)} ({device})")
-            run_fold(config, corpus, fold, out / f"seed-{seed}" / fold.name, seed, device, progress)
-            if on_fold_done is not None:
-                on_fold_done(fold.name, seed)
-    return finalise_run(out, corpus.labels, config.to_dict(), title=out.name)
+    return pending
+
+
+def _waves(config: ExperimentConfig, pending: list[tuple[int, Fold]]) -> list[list[tuple[int, Fold]]]:
+    """With inner-loso and protocol.inner_seeds=1 the first seed's folds select the epoch counts the other seeds
+    reuse, so they run first; otherwise all pending folds form one wave."""
+    if config.protocol.selection != "inner-loso" or config.protocol.inner_seeds != 1:
+        return [pending]
+    first = [(s, f) for s, f in pending if s == config.train.seed]
+    rest = [(s, f) for s, f in pending if s != config.train.seed]
+    return [wave for wave in (first, rest) if wave]
 
 
 def _run_parallel(
@@ -246,38 +276,78 @@ def _run_parallel(
 def _fold_job(config_dict: dict, out: str, fold_name: str, seed: int, threads: int) -> dict:
     """One fold in a worker process: the corpus comes from the feature cache the parent has filled."""
     die_with_parent()
-    tune_allocator()
-    torch.set_num_threads(threads)
     config = from_dict(config_dict)
+    device = setup_process(config, threads)
     corpus = prepare_corpus(config, progress=False, log=lambda message: None)
-    fold = next(
-        f for f in make_folds(
-            corpus.utterances, config.protocol.kind, config.protocol.validation, config.protocol.val_fraction,
-            config.protocol.seed,
-        ) if f.name == fold_name
-    )
+    fold = next(f for f in make_folds(corpus.utterances, config.protocol) if f.name == fold_name)
     print(f"seed {seed}, fold {fold.name}: training on {len(fold.train)} utterances, validating on "
           f"{len(fold.validation)}, testing on {len(fold.test)} (worker {os.getpid()}, {threads} thread(s))", flush=True)
-    device = resolve_device(config.train.device)
     return run_fold(config, corpus, fold, Path(out) / f"seed-{seed}" / fold.name, seed, device, progress=False)
+
+
+@dataclass
+class FoldData:
+    train: SplitData
+    validation: SplitData | None
+    test: SplitData | None
+    stats: NormStats | None = None  # frontend.norm="global": the training split's statistics, saved with the model
+
+
+def fold_data(
+    config: ExperimentConfig, corpus: PreparedCorpus, train: Sequence[str], validation: Sequence[str],
+    test: Sequence[str], device: torch.device,
+) -> FoldData:
+    """The segments a training sees: the one place where a fold's features (and their normalisation) are obtained.
+
+    frontend.norm="global" fits its statistics on `train` alone, never on validation or test utterances."""
+    stats = fit_global_stats(corpus.store, list(train)) if config.frontend.norm == "global" else None
+    return FoldData(
+        train=split_data(corpus, train, device, "train", stats),
+        validation=split_data(corpus, validation, device, "evaluation", stats) if validation else None,
+        test=split_data(corpus, test, device, "evaluation", stats) if test else None,
+        stats=stats,
+    )
+
+
+def fold_seed(seed: int, name: str) -> int:
+    """Each fold gets its own seed so that a fold's result does not depend on which folds ran before it."""
+    return seed * 1000 + zlib.crc32(name.encode()) % 1000
 
 
 def run_fold(
     config: ExperimentConfig, corpus: PreparedCorpus, fold: Fold, fold_dir: Path, seed: int, device: torch.device,
-    progress: bool = True,
+    progress: bool = True, log: Callable[[str], None] = print,
 ) -> dict:
-    began = time.perf_counter()
-    # Each fold gets its own seed so that a fold's result does not depend on which folds ran before it.
-    fold_seed = seed * 1000 + zlib.crc32(fold.name.encode()) % 1000
-    stats = fit_global_stats(corpus.store, fold.train) if config.frontend.norm == "global" else None
-    train = split_data(corpus, fold.train, device, "train", stats)
-    validation = split_data(corpus, fold.validation, device, "evaluation", stats) if fold.validation else None
-    test = split_data(corpus, fold.test, device, "evaluation", stats)
-    result = train_fold(
-        config.model, config.train, corpus.labels, train, validation, fold_dir, fold_seed, device, progress=progress,
-        monitor=test if config.train.monitor_test else None,
-    )
-    scores = evaluate(result.model, test, corpus.labels, device, config.train.precision, config.train.aggregate)
+    """Train one outer fold (choosing its epoch count as protocol.selection says), test it once, write its files."""
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    if config.protocol.selection == "inner-loso":
+        selection = select_epochs(config, corpus, fold, fold_dir, seed, device, progress, log)
+        began = time.perf_counter()
+        data = fold_data(config, corpus, fold.train + fold.validation, (), fold.test, device)
+        result = train_fold(
+            config.model, config.train, corpus.labels, data.train, None, fold_dir, fold_seed(seed, fold.name), device,
+            selection.epochs, progress, monitor=data.test if config.train.monitor_test else None, log=log,
+        )
+        extra = selection.done_fields()
+    else:
+        began = time.perf_counter()
+        data = fold_data(config, corpus, fold.train, fold.validation, fold.test, device)
+        result = train_fold(
+            config.model, config.train, corpus.labels, data.train, data.validation, fold_dir,
+            fold_seed(seed, fold.name), device, progress=progress,
+            monitor=data.test if config.train.monitor_test else None, log=log,
+        )
+        extra = {"selection": "split", "trainings": 1}
+    scores = evaluate(result.model, data.test, corpus.labels, device, config.train.precision, config.train.aggregate)
+    return _finish_fold(config, corpus, fold, fold_dir, seed, result, scores, extra,
+                        time.perf_counter() - began + result.seconds - result.sitting_seconds, data.stats)
+
+
+def _finish_fold(
+    config: ExperimentConfig, corpus: PreparedCorpus, fold: Fold, fold_dir: Path, seed: int, result: FoldResult,
+    scores: dict, extra: dict, seconds: float, stats: NormStats | None = None,
+) -> dict:
+    """predictions.csv, the model, then done.json (written last: a fold is finished when it exists)."""
     by_uid = {u.uid: u for u in corpus.utterances}
     rows = [
         {"uid": uid, "speaker": by_uid[uid].speaker, "label": t, "pred": p, "probs": probs}
@@ -291,15 +361,90 @@ def run_fold(
     )
     done = {
         "fold": fold.name, "seed": seed, "best_epoch": result.best_epoch, "epochs": result.epochs,
-        "war": scores["war"], "uar": scores["uar"], "segment_war": scores["segment_war"], "n": len(rows),
-        "seconds": round(time.perf_counter() - began, 1),
+        "steps": result.steps, "war": scores["war"], "uar": scores["uar"], "segment_war": scores["segment_war"],
+        "n": len(rows),
+        # The whole fold, over every sitting of a resumed one, inner selection included.
+        "seconds": round(seconds + extra.get("selection_seconds", 0.0), 1),
         # The process's peak so far: with --jobs, this fold's worker; serially, the largest fold up to this one.
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "f_encoder_ops": kernels.status(),  # fused C kernels or torch ops (atfnn/kernels; same function)
+        **extra,
     }
     atomic_write_text(fold_dir / DONE, json.dumps(done, indent=2) + "\n")
-    (fold_dir / "last.pt").unlink(missing_ok=True)
+    (fold_dir / CHECKPOINT).unlink(missing_ok=True)
     return done
+
+
+@dataclass
+class Selection:
+    """The epoch count protocol.selection=inner-loso chose for an outer fold, and what choosing it cost."""
+
+    epochs: int
+    curve: list[float]  # the mean inner validation curve, one value per epoch (higher is better)
+    inner: dict[str, list[float]]  # each left-out training speaker's curve
+    trainings: int  # inner trainings run for this choice (0 when reused from another seed)
+    seconds: float  # their training time, over every sitting
+    reused_from_seed: int | None = None
+
+    def done_fields(self) -> dict:
+        return {"selection": "inner-loso", "selected_epochs": self.epochs, "trainings": self.trainings + 1,
+                "selection_seconds": round(self.seconds, 1), "selection_reused_from_seed": self.reused_from_seed}
+
+
+def select_epochs(
+    config: ExperimentConfig, corpus: PreparedCorpus, fold: Fold, fold_dir: Path, seed: int, device: torch.device,
+    progress: bool = False, log: Callable[[str], None] = print,
+) -> Selection:
+    """inner-loso: leave each training speaker of the outer fold out in turn, train on the others for train.epochs
+    scoring the left-out speaker every epoch, and choose the epoch count with the best mean curve (the first on a
+    tie). Each inner fold lives in fold_dir/inner/<speaker>/ and resumes like an outer fold."""
+    if config.protocol.inner_seeds not in (0, 1):
+        raise ConfigError(f"protocol.inner_seeds={config.protocol.inner_seeds} must be 0 (every seed selects) or 1 "
+                          "(the first seed's choice is reused)")
+    first = config.train.seed
+    if config.protocol.inner_seeds == 1 and seed != first:
+        owner = fold_dir.parent.parent / f"seed-{first}" / fold.name
+        chosen = select_epochs(config, corpus, fold, owner, first, device, progress, log)
+        return Selection(chosen.epochs, chosen.curve, chosen.inner, 0, 0.0, reused_from_seed=first)
+    saved = fold_dir / SELECTION
+    if saved.is_file():
+        return Selection(**json.loads(saved.read_text()))
+    by_uid = {u.uid: u for u in corpus.utterances}
+    records = {
+        inner.name: _inner_curve(
+            config, corpus, fold, inner, fold_dir / INNER / inner.name, seed, device, progress, log
+        )
+        for inner in inner_folds(fold, by_uid)
+    }
+    inner = {name: record["curve"] for name, record in records.items()}
+    curve = np.mean(list(inner.values()), axis=0).tolist()
+    seconds = sum(record["seconds"] for record in records.values())
+    selection = Selection(int(np.argmax(curve)) + 1, curve, inner, len(inner), seconds)
+    log(f"seed {seed}, fold {fold.name}: inner-loso over {len(inner)} training speakers chose {selection.epochs} "
+        f"epoch(s)")
+    atomic_write_text(saved, json.dumps(asdict(selection), indent=2) + "\n")
+    return selection
+
+
+def _inner_curve(
+    config: ExperimentConfig, corpus: PreparedCorpus, outer: Fold, inner: Fold, inner_dir: Path, seed: int,
+    device: torch.device, progress: bool, log: Callable[[str], None],
+) -> dict:
+    """One inner fold's validation curve (higher is better) and its cost, trained once, kept in inner_dir/curve.json."""
+    saved = inner_dir / CURVE
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    data = fold_data(config, corpus, inner.train, inner.validation, (), device)
+    result = train_fold(
+        config.model, config.train, corpus.labels, data.train, data.validation, inner_dir,
+        fold_seed(seed, f"{outer.name}/{inner.name}"), device, progress=progress, stop_early=False, log=log,
+    )
+    metric = config.train.select_metric
+    curve = [-row["val_loss"] if metric == "loss" else row[f"val_{metric}"] for row in result.history]
+    record = {"curve": curve, "steps": result.steps, "seconds": round(result.seconds, 1)}
+    atomic_write_text(saved, json.dumps(record, indent=2) + "\n")
+    (inner_dir / CHECKPOINT).unlink(missing_ok=True)
+    return record
 
 
 def final_epochs(run_dir: str | Path) -> int:
@@ -310,31 +455,39 @@ def final_epochs(run_dir: str | Path) -> int:
     return max(1, int(round(statistics.median(d["best_epoch"] for d in done))))
 
 
+def train_final(
+    config: ExperimentConfig, run_dir: str | Path, epochs: int | None = None, progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> tuple[Path, int]:
+    """`atfnn train --final`: under the run's lock, a model on every speaker for `epochs` (default: final_epochs of
+    the run) into RUN_DIR/final; returns its model directory and the epoch count."""
+    run_dir = Path(run_dir)
+    with run_lock(run_dir):
+        epochs = epochs or final_epochs(run_dir)
+        return fit_final(config, run_dir / "final", epochs, progress, log), epochs
+
+
 def fit_final(
     config: ExperimentConfig, out: str | Path, epochs: int, progress: bool = True, log: Callable[[str], None] = print
 ) -> Path:
     """Train one deployable model on every speaker of the corpus for a fixed number of epochs; returns its directory."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tune_allocator()
-    if config.train.threads > 0:
-        torch.set_num_threads(config.train.threads)
-    device = resolve_device(config.train.device)
+    device = setup_process(config)
     corpus = prepare_corpus(config, progress=progress, log=log)
-    uids = [u.uid for u in corpus.utterances]
-    stats = fit_global_stats(corpus.store, uids) if config.frontend.norm == "global" else None
-    data = split_data(corpus, uids, device, "train", stats)
+    data = fold_data(config, corpus, [u.uid for u in corpus.utterances], (), (), device)
     log(f"final model: {len(corpus.utterances)} utterances, {epochs} epochs ({device})")
     result = train_fold(
-        config.model, config.train, corpus.labels, data, None, out / "work", config.train.seed, device, epochs, progress
+        config.model, config.train, corpus.labels, data.train, None, out / "work", config.train.seed, device, epochs,
+        progress, log=log,
     )
     model_dir = save_model(
         result.model, corpus.labels, config.frontend, out / "model",
         info={"corpus": config.corpus.name, "speakers": "all", "epochs": epochs, "seed": config.train.seed},
-        norm_stats=stats,
+        norm_stats=data.stats,
     )
-    save_config(config, out / "config.yaml")
-    (out / "work" / "last.pt").unlink(missing_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    (out / "work" / CHECKPOINT).unlink(missing_ok=True)
     return model_dir
 
 

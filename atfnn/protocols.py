@@ -17,8 +17,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from atfnn.config import ProtocolConfig
 from atfnn.corpora.base import Utterance
 from atfnn.errors import ConfigError
+from atfnn.reports import atomic_write_text
 
 PROTOCOLS = ("loso", "loso_session")
 VALIDATION_MODES = ("utterances", "speaker")
@@ -37,36 +39,36 @@ class Fold:
     test: tuple[str, ...]
 
 
-def make_folds(
-    utterances: Sequence[Utterance],
-    protocol: str = "loso",
-    validation: str = "utterances",
-    val_fraction: float = 0.1,
-    seed: int = 0,
-) -> list[Fold]:
-    """Build one fold per speaker ("loso") or per session ("loso_session"), sorted by name.
+def make_folds(utterances: Sequence[Utterance], protocol: ProtocolConfig | None = None) -> list[Fold]:
+    """The folds of `protocol` (a ProtocolConfig; None = its defaults): the one entry point for folds.
 
-    validation="utterances" holds out about `val_fraction` of the training speakers' utterances, stratified by
-    (speaker, label) and with every training speaker that has 2+ utterances represented; validation="speaker"
-    holds out one whole training speaker, drawn from the seed. Test speakers never appear in train or validation.
+    One fold per speaker (kind="loso") or per session (kind="loso_session"), sorted by name. With
+    selection="split", validation="utterances" holds out about `val_fraction` of the training speakers'
+    utterances, stratified by (speaker, label) and with every training speaker that has 2+ utterances represented;
+    validation="speaker" holds out one whole training speaker, drawn from the seed. With selection="inner-loso" the
+    fold has no validation part: every training utterance trains, and the epoch count comes from inner_folds.
+    Test speakers never appear in train or validation.
     """
-    _check_options(protocol, validation, val_fraction, seed)
+    p = protocol if protocol is not None else ProtocolConfig()
+    _check_options(p.kind, p.validation, p.val_fraction, p.seed)
     ordered = _sorted_unique(utterances)
-    group_of = _group_key(ordered, protocol)
+    group_of = _group_key(ordered, p.kind)
     groups = sorted({group_of(u) for u in ordered})
     if len(groups) < 2:
-        unit = "speakers" if protocol == "loso" else "sessions"
-        raise ConfigError(f"protocol '{protocol}' needs at least 2 {unit}; found {len(groups)}: {groups}")
+        unit = "speakers" if p.kind == "loso" else "sessions"
+        raise ConfigError(f"protocol '{p.kind}' needs at least 2 {unit}; found {len(groups)}: {groups}")
     all_labels = sorted({u.label for u in ordered})
     folds = []
     for name in groups:
-        rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
+        rng = np.random.default_rng([p.seed, zlib.crc32(name.encode("utf-8"))])
         test = [u for u in ordered if group_of(u) == name]
         pool = [u for u in ordered if group_of(u) != name]
-        if validation == "speaker":
+        if p.selection == "inner-loso":
+            held_out: set[str] = set()
+        elif p.validation == "speaker":
             held_out = _validation_speaker(pool, name, rng)
         else:
-            held_out = _stratified_validation(pool, val_fraction, rng)
+            held_out = _stratified_validation(pool, p.val_fraction, rng)
         fold = Fold(
             name=name,
             train=tuple(u.uid for u in pool if u.uid not in held_out),
@@ -76,6 +78,28 @@ def make_folds(
         _warn_missing_classes(fold, ordered, all_labels)
         folds.append(fold)
     return folds
+
+
+def inner_folds(fold: Fold, by_uid: dict[str, Utterance]) -> list[Fold]:
+    """protocol.selection=inner-loso: within an outer fold's training utterances (train and validation), one inner
+    fold per training speaker, that speaker's utterances as its validation and the other speakers' as its training.
+    The outer test speaker is in none of them; inner folds have no test part."""
+    pool = sorted(fold.train + fold.validation)
+    speakers = sorted({by_uid[uid].speaker for uid in pool})
+    if len(speakers) < 2:
+        raise ConfigError(
+            f"fold '{fold.name}': protocol.selection=inner-loso needs at least 2 training speakers, found {speakers}; "
+            "use protocol.selection=split"
+        )
+    return [
+        Fold(
+            name=speaker,
+            train=tuple(uid for uid in pool if by_uid[uid].speaker != speaker),
+            validation=tuple(uid for uid in pool if by_uid[uid].speaker == speaker),
+            test=(),
+        )
+        for speaker in speakers
+    ]
 
 
 def select_folds(folds: Sequence[Fold], names: Sequence[str] | None) -> list[Fold]:
@@ -103,18 +127,17 @@ def write_folds(folds: Sequence[Fold], utterances: Sequence[Utterance], director
     for fold in folds:
         _check_fold_name(fold.name)
         fold_dir = root / fold.name
-        fold_dir.mkdir(parents=True, exist_ok=True)
         entry: dict = {"name": fold.name, "counts": {}, "labels": {}, "speakers": {}}
         for split in SPLITS:
             rows = [_row(uid, by_uid, fold.name) for uid in getattr(fold, split)]
             lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-            (fold_dir / f"{split}.jsonl").write_text(lines, encoding="utf-8")
+            atomic_write_text(fold_dir / f"{split}.jsonl", lines)
             entry["counts"][split] = len(rows)
             entry["labels"][split] = dict(sorted(Counter(r["label"] for r in rows).items()))
             entry["speakers"][split] = sorted({r["speaker"] for r in rows})
         summary.append(entry)
     summary_text = json.dumps({"splits": list(SPLITS), "folds": summary}, indent=2, ensure_ascii=False)
-    (root / SUMMARY_FILE).write_text(summary_text + "\n", encoding="utf-8")
+    atomic_write_text(root / SUMMARY_FILE, summary_text + "\n")
     return root
 
 

@@ -149,11 +149,49 @@ def summarise_run(run_dir: str | Path, labels: Sequence[str], config: dict[str, 
         "partial_seeds": partial,
         "complete": complete,
         "folds_expected": len(all_folds),
+        **_missing_and_cost(all_folds, by_seed, fold_info, config),
         "folds": folds,
         "confusion": confusion.tolist(),
         "labels": list(labels),
         "config": config,
     }
+
+
+def _missing_and_cost(all_folds: set[str], by_seed: dict, fold_info: dict, config: dict[str, Any]) -> dict:
+    missing = sorted(f for f in all_folds if any((seed, f) not in fold_info for seed in by_seed))
+    return {"folds_missing": missing, "selection": selection_cost(config, fold_info.values())}
+
+
+def selection_cost(config: dict[str, Any], done: Any) -> dict[str, Any]:
+    """How the epoch counts of a run were chosen and what its folds cost: trainings (inner ones included) and wall
+    time, summed over the finished folds' done.json."""
+    if "train" not in config or config.get("method"):
+        return {}  # a baseline: no epochs to choose
+    protocol = config.get("protocol", {})
+    done = list(done)
+    cost = {
+        "kind": protocol.get("selection", "split"),
+        "trainings": int(sum(d.get("trainings", 1) for d in done)),
+        "seconds": round(float(sum(d.get("seconds", 0.0) for d in done)), 1),
+    }
+    if cost["kind"] == "inner-loso":
+        cost["inner_seeds"] = protocol.get("inner_seeds", 0)
+        cost["reused"] = sum(1 for d in done if d.get("selection_reused_from_seed") is not None)
+    return cost
+
+
+def _selection_line(results: dict[str, Any]) -> str:
+    cost = results.get("selection")
+    if not cost:
+        return ""
+    cost_text = f"{cost['trainings']} trainings, {cost['seconds'] / 60:.1f} min of fold time"
+    if cost["kind"] != "inner-loso":
+        return (f"Selection: split (early stopping on a validation split of the training speakers); {cost_text}.")
+    reuse = (f" The epoch counts were chosen with the first seed and reused by the others ({cost['reused']} fold(s))."
+             if cost.get("inner_seeds") == 1 else "")
+    return ("Selection: inner-loso (each outer fold's epoch count from the mean validation curve of its "
+            f"leave-one-training-speaker-out inner folds, then one training on all training speakers); {cost_text}."
+            + reuse)
 
 
 def finalise_run(run_dir: str | Path, labels: Sequence[str], config: dict[str, Any], title: str | None = None) -> dict:
@@ -173,6 +211,16 @@ def _describe(config: dict[str, Any]) -> tuple[str, str, str]:
     return corpus, method, protocol
 
 
+def _incomplete_note(results: dict[str, Any], n_done: int, n_expected: int) -> str:
+    missing = results.get("folds_missing")
+    return (
+        f"**Incomplete run: {n_done} of its {n_expected} folds are finished.** The figures below are over those "
+        "folds only. To finish it, run the same `atfnn train` command without `--folds`"
+        + (f" (or with `--folds {','.join(missing)}`, the folds still missing)" if missing else "")
+        + ", then `atfnn report`."
+    )
+
+
 def render_report(results: dict[str, Any], title: str) -> str:
     """Markdown: a Table II style row (with the paper's figure where there is one), per-fold rows, confusion matrix."""
     corpus, method, protocol = _describe(results["config"])
@@ -189,11 +237,7 @@ def render_report(results: dict[str, Any], title: str) -> str:
         "",
     ]
     if not complete:
-        lines += [
-            f"**Incomplete run: {n_done} of its {n_expected} folds are finished.** The figures below are over those "
-            "folds only; rerun `atfnn train` with the same arguments to finish it, then `atfnn report`.",
-            "",
-        ]
+        lines += [_incomplete_note(results, n_done, n_expected), ""]
     lines += [
         f"| Database | Protocol | Method | WAR (%) | UAR (%) |",
         "|---|---|---|---|---|",
@@ -212,6 +256,7 @@ def render_report(results: dict[str, Any], title: str) -> str:
            " are done." if results.get("partial_seeds") else ""),
         f"Mean over folds: WAR {results['war_fold_mean']:.2f} ± {results['war_fold_std']:.2f}, "
         f"UAR {results['uar_fold_mean']:.2f} ± {results['uar_fold_std']:.2f}.",
+        _selection_line(results),
         "",
         "## Folds",
         "",

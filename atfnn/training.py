@@ -1,8 +1,10 @@
 """Training of one fold: epochs over shuffled segments, model selection on the fold's validation utterances,
 early stopping, and a checkpoint after every epoch so an interrupted fold resumes where it stopped.
 
-Loss, optimiser and schedule live here, not in the model (model.forward returns logits), and so do the training-only
-options beyond the paper: augmentations, weight averaging and the speaker adversary.
+`train_fold` drives a `Trainer` (model, optimiser, learning-rate `Schedule`, shuffling generator, weight average and
+the `Objective`, which holds the loss and the speaker options) through epochs, keeping what selection and resuming need
+in a `FoldState`. Loss, optimiser and schedule live here, not in the model (model.forward returns logits), and so do
+the training-only options beyond the paper: augmentations, weight averaging and the speaker adversary.
 """
 from __future__ import annotations
 
@@ -13,11 +15,12 @@ import io
 import math
 import os
 import random
+import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,18 +29,23 @@ from torch import Tensor, nn
 
 from atfnn.aggregate import aggregate
 from atfnn.config import ModelConfig, TrainConfig
-from atfnn.errors import ConfigError
+from atfnn.errors import ConfigError, TrainingError
 from atfnn.metrics import uar, war
+from atfnn.atomic import atomic_write_text, fsync_dir as fsync_directory
 from atfnn.model import ATFNN, build_model
 from atfnn.runtime import resolve_device  # noqa: F401  (the one device resolver; experiment.py imports it from here)
 
 CHECKPOINT = "last.pt"
+TEMPORARY = ".last."  # prefix of a checkpoint being written
 LOG = "log.csv"
 LOG_FIELDS = (
-    "epoch", "train_loss", "val_loss", "val_war", "val_uar", "seconds", "test_war", "test_uar", "speaker_loss",
+    "epoch", "step", "train_loss", "val_loss", "val_war", "val_uar", "seconds", "test_war", "test_uar", "speaker_loss",
 )
 EVAL_BATCH = 256
 ADVERSARY_HIDDEN = 128
+# train.lr_schedule=plateau: the rate is multiplied by PLATEAU_FACTOR after PLATEAU_PATIENCE epochs without a
+# better score.
+PLATEAU_FACTOR, PLATEAU_PATIENCE = 0.5, 3
 
 
 @dataclass
@@ -62,6 +70,9 @@ class FoldResult:
     best_epoch: int
     epochs: int
     history: list[dict] = field(default_factory=list)
+    steps: int = 0  # optimizer steps taken
+    seconds: float = 0.0  # wall time of the training, over every sitting of a resumed fold
+    sitting_seconds: float = 0.0  # the part of `seconds` spent in this call
 
 
 def seed_everything(seed: int) -> None:
@@ -211,6 +222,22 @@ def evaluate(
     }
 
 
+@dataclass
+class FoldState:
+    """Where a fold's training stands after an epoch: what early stopping, the kept weights, the schedule and the log
+    need. Saved in last.pt with the weights, so a resumed fold goes on exactly as if it had not stopped."""
+
+    epoch: int = 0  # epochs finished
+    step: int = 0  # optimizer steps taken
+    best_epoch: int = 0
+    best_score: float = -math.inf
+    bad_epochs: int = 0
+    best_state: dict | None = None  # the kept weights (the scored model's) of best_epoch
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0  # wall time spent on this fold in all sittings so far
+    schedule: dict = field(default_factory=dict)  # the learning-rate schedule's own state (plateau)
+
+
 def train_fold(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -223,75 +250,63 @@ def train_fold(
     epochs: int | None = None,
     progress: bool = True,
     monitor: SplitData | None = None,
+    *,
+    stop_early: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> FoldResult:
     """Train one fold, resuming from fold_dir/last.pt if present. Without validation, train `epochs` epochs
     and keep the last weights (used for the final model on all speakers). `monitor` (the test split, with
-    train.monitor_test) is scored after each epoch into the log only: it never takes part in selection."""
+    train.monitor_test) is scored after each epoch into the log only: it never takes part in selection.
+    stop_early=False scores the validation split every epoch up to the cap (a curve for inner selection).
+    An unreadable last.pt is reported through `log` and the fold starts again from scratch."""
     fold_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(seed)
-    model = build_model(model_cfg, len(labels)).to(device)
-    if train_cfg.precision == "bf16-lstm" and model.t_encoder is not None:
-        model.t_encoder.autocast_dtype = torch.bfloat16
-    adversary = _speaker_adversary(model, train, train_cfg.speaker_adversarial, device)
-    if model.speaker_norm is not None and train.spk is None:
-        raise ConfigError(
-            "model.embedding_norm='speaker' needs the training segments' speaker index (SplitData.spk); "
-            "set model.embedding_norm=none"
-        )
-    optimizer = _optimizer(model, train_cfg, adversary)
-    generator = torch.Generator().manual_seed(seed)
-    weight = class_weights(train.y, len(labels)).to(device) if train_cfg.class_weighting else None
     max_epochs = epochs or train_cfg.epochs
-    steps_per_epoch = math.ceil(len(train) / train_cfg.batch_size)
-    averaged = _averaged_model(model, train_cfg.ema_epochs, steps_per_epoch)
-    # Validation, selection, monitoring and the kept weights all use the average when there is one.
-    scored = averaged.module if averaged is not None else model
-    state = _resume(fold_dir / CHECKPOINT, model, optimizer, generator, averaged, adversary)
-    start, best_epoch, best_score, bad_epochs, best_state, history = (
-        state if state else (0, 0, -math.inf, 0, None, [])
-    )
-    for epoch in range(start, max_epochs):
-        if validation is not None and bad_epochs >= train_cfg.patience:
+    trainer = Trainer(model_cfg, train_cfg, labels, train, seed, device, max_epochs, progress)
+    state = trainer.resume(fold_dir / CHECKPOINT, log or _stderr) or FoldState()
+    sitting, already = time.perf_counter(), state.seconds
+    while state.epoch < max_epochs:
+        if validation is not None and stop_early and state.bad_epochs >= train_cfg.patience:
             break
         began = time.perf_counter()
-        train_loss, speaker_loss = _train_epoch(
-            model, optimizer, train, generator, weight, train_cfg, device, epoch, max_epochs, progress, averaged,
-            adversary,
-        )
-        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": "", "val_war": "", "val_uar": ""}
-        if adversary is not None:
-            row["speaker_loss"] = speaker_loss
+        row = trainer.epoch(state)
         if validation is not None:
-            scores = evaluate(scored, validation, labels, device, train_cfg.precision, train_cfg.aggregate)
-            row.update(val_loss=scores["loss"], val_war=scores["war"], val_uar=scores["uar"])
-            score = -scores["loss"] if train_cfg.select_metric == "loss" else scores[train_cfg.select_metric]
-            if score > best_score:
-                best_score, best_epoch, bad_epochs = score, epoch + 1, 0
-                best_state = copy.deepcopy(scored.state_dict())
-            else:
-                bad_epochs += 1
-            if progress:
-                print(f"  epoch {epoch + 1}: loss {train_loss:.4f}  val UAR {scores['uar']:.2f}  val WAR {scores['war']:.2f}"
-                      f"  (best epoch {best_epoch})", flush=True)
+            _select(trainer, state, evaluate(trainer.scored, validation, labels, device, train_cfg.precision,
+                                             train_cfg.aggregate), row)
         else:
-            best_epoch, best_state = epoch + 1, None
+            state.best_epoch, state.best_state = state.epoch, None
         row["seconds"] = round(time.perf_counter() - began, 3)
+        trainer.schedule.epoch_end(state, row)
         if monitor is not None:
             # After the timing, so log.csv's seconds stay comparable with unmonitored runs; eval mode draws no
             # random numbers, so training is the same with or without monitoring.
-            watched = evaluate(scored, monitor, labels, device, train_cfg.precision, train_cfg.aggregate)
+            watched = evaluate(trainer.scored, monitor, labels, device, train_cfg.precision, train_cfg.aggregate)
             row.update(test_war=watched["war"], test_uar=watched["uar"])
-        history.append(row)
-        _write_log(fold_dir / LOG, history)
-        _save_checkpoint(
-            fold_dir / CHECKPOINT, model, optimizer, generator, averaged, adversary,
-            (epoch + 1, best_epoch, best_score, bad_epochs, best_state, history),
-        )
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    elif averaged is not None:  # no validation: keep the average of the last epochs, not the raw weights
-        model.load_state_dict(averaged.module.state_dict())
-    return FoldResult(model=model, best_epoch=best_epoch, epochs=len(history), history=history)
+        state.history.append(row)
+        state.seconds = already + time.perf_counter() - sitting
+        _write_log(fold_dir / LOG, state.history)
+        _save_checkpoint(fold_dir / CHECKPOINT, trainer, state)
+    result = trainer.result(state)
+    result.sitting_seconds = state.seconds - already
+    return result
+
+
+def _select(trainer: "Trainer", state: FoldState, scores: dict, row: dict) -> None:
+    """Model selection after an epoch: keep the scored model's weights when the validation score is the best yet."""
+    cfg = trainer.cfg
+    row.update(val_loss=scores["loss"], val_war=scores["war"], val_uar=scores["uar"])
+    score = -scores["loss"] if cfg.select_metric == "loss" else scores[cfg.select_metric]
+    if score > state.best_score:
+        state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
+        state.best_state = copy.deepcopy(trainer.scored.state_dict())
+    else:
+        state.bad_epochs += 1
+    if trainer.progress:
+        print(f"  epoch {state.epoch}: loss {row['train_loss']:.4f}  val UAR {scores['uar']:.2f}  "
+              f"val WAR {scores['war']:.2f}  (best epoch {state.best_epoch})", flush=True)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _averaged_model(model: ATFNN, ema_epochs: float, steps_per_epoch: int) -> torch.optim.swa_utils.AveragedModel | None:
@@ -312,111 +327,244 @@ def _optimizer(model: ATFNN, cfg: TrainConfig, adversary: nn.Module | None = Non
     return cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _train_epoch(
-    model: ATFNN, optimizer: torch.optim.Optimizer, data: SplitData, generator: torch.Generator, weight: Tensor | None,
-    cfg: TrainConfig, device: torch.device, epoch: int, max_epochs: int, progress: bool,
-    averaged: torch.optim.swa_utils.AveragedModel | None = None, adversary: SpeakerAdversary | None = None,
-) -> tuple[float, float]:
-    """One pass over the shuffled segments; returns the mean emotion loss and the adversary's mean speaker loss."""
-    from tqdm.auto import tqdm
+class Objective:
+    """The loss of a batch: cross-entropy on the emotions (class-weighted with train.class_weighting), plus, with the
+    speaker adversary, its speaker loss behind the gradient reversal. With model.embedding_norm="speaker" the batch's
+    speaker index groups h' before the classifier. model(x) is classify(embed(x)), so one path serves every option."""
 
-    model.train()
-    order = torch.randperm(len(data), generator=generator)
-    batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-    total, speaker_total, count = 0.0, 0.0, 0
-    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{max_epochs}", leave=False, disable=not progress, unit="batch")
-    for step, idx in enumerate(bar):
+    def __init__(self, model: ATFNN, data: SplitData, cfg: TrainConfig, n_classes: int, device: torch.device):
+        self.adversary = _speaker_adversary(model, data, cfg.speaker_adversarial, device)
+        if model.speaker_norm is not None and data.spk is None:
+            raise ConfigError(
+                "model.embedding_norm='speaker' needs the training segments' speaker index (SplitData.spk); "
+                "set model.embedding_norm=none"
+            )
+        self.weight = class_weights(data.y, n_classes).to(device) if cfg.class_weighting else None
+        self.group_speakers = model.speaker_norm is not None
+        self.adversarial = cfg.speaker_adversarial
+
+    def __call__(self, model: ATFNN, x: Tensor, y: Tensor, spk: Tensor | None, progress: float,
+                 precision: str) -> tuple[Tensor, Tensor | None]:
+        """The emotion loss and the speaker loss (None without the adversary); `progress` (0..1) ramps the reversal."""
+        with autocast(x.device, precision):
+            h, _ = model.embed(x)
+            logits = model.classify(h, spk if self.group_speakers else None)
+            if self.adversary is not None:
+                speaker_logits = self.adversary(h, adversarial_scale(self.adversarial, progress))
+        loss = F.cross_entropy(logits.float(), y, weight=self.weight)
+        if self.adversary is None:
+            return loss, None
+        return loss, F.cross_entropy(speaker_logits.float(), spk)
+
+
+class Schedule:
+    """train.lr_schedule: "constant" (the paper's fixed rate), "cosine" (from train.lr down to train.min_lr over the
+    epoch cap) or "plateau" (halved, not below train.min_lr, after PLATEAU_PATIENCE epochs without a better
+    validation score, or training loss without validation); train.warmup_epochs ramps the rate up linearly first."""
+
+    def __init__(self, cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, max_epochs: int):
+        if cfg.warmup_epochs < 0 or not 0.0 <= cfg.min_lr < cfg.lr:
+            raise ConfigError(f"train.warmup_epochs={cfg.warmup_epochs} must be 0 or more and train.min_lr={cfg.min_lr} "
+                              f"in [0, train.lr={cfg.lr})")
+        self.cfg, self.optimizer = cfg, optimizer
+        self.base = [group["lr"] for group in optimizer.param_groups]
+        self.warmup = cfg.warmup_epochs * steps_per_epoch
+        self.total = max_epochs * steps_per_epoch
+        self.active = cfg.lr_schedule != "constant" or self.warmup > 0
+
+    def before_step(self, state: FoldState) -> None:
+        if not self.active:
+            return  # the paper's constant rate: the optimiser's own lr, untouched
+        factor = min(1.0, (state.step + 1) / self.warmup) if state.step < self.warmup else 1.0
+        if self.cfg.lr_schedule == "cosine" and state.step >= self.warmup:
+            done = (state.step - self.warmup) / max(self.total - self.warmup, 1)
+            factor = 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
+        factor *= state.schedule.get("scale", 1.0)
+        for group, base in zip(self.optimizer.param_groups, self.base):
+            group["lr"] = self.cfg.min_lr + (base - self.cfg.min_lr) * factor if base > self.cfg.min_lr else base
+
+    def epoch_end(self, state: FoldState, row: dict) -> None:
+        if self.cfg.lr_schedule != "plateau":
+            return
+        if row["val_loss"] == "":
+            score = -row["train_loss"]
+        elif self.cfg.select_metric == "loss":
+            score = -row["val_loss"]
+        else:
+            score = row["val_" + self.cfg.select_metric]
+        s = state.schedule
+        if score > s.get("best", -math.inf):
+            s["best"], s["bad"] = score, 0
+        else:
+            s["bad"] = s.get("bad", 0) + 1
+            if s["bad"] >= PLATEAU_PATIENCE:
+                s["scale"], s["bad"] = s.get("scale", 1.0) * PLATEAU_FACTOR, 0
+
+
+class Trainer:
+    """One fold's training: the model, its optimiser and schedule, the shuffling generator, the weight average and
+    the objective. epoch() runs one pass over the shuffled training segments, step() one optimizer step."""
+
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, labels: Sequence[str], data: SplitData, seed: int,
+                 device: torch.device, max_epochs: int, progress: bool = False):
+        seed_everything(seed)
+        self.cfg, self.data, self.device, self.max_epochs, self.progress = cfg, data, device, max_epochs, progress
+        self.model = build_model(model_cfg, len(labels)).to(device)
+        if cfg.precision == "bf16-lstm" and self.model.t_encoder is not None:
+            self.model.t_encoder.autocast_dtype = torch.bfloat16
+        self.objective = Objective(self.model, data, cfg, len(labels), device)
+        self.optimizer = _optimizer(self.model, cfg, self.objective.adversary)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+        self.averaged = _averaged_model(self.model, cfg.ema_epochs, self.steps_per_epoch)
+        self.schedule = Schedule(cfg, self.optimizer, self.steps_per_epoch, max_epochs)
+
+    @property
+    def scored(self) -> nn.Module:
+        """What validation, selection, monitoring and the kept weights use: the average when there is one."""
+        return self.averaged.module if self.averaged is not None else self.model
+
+    def epoch(self, state: FoldState) -> dict:
+        """One pass over the shuffled segments; returns the epoch's log row (mean emotion and speaker losses)."""
+        from tqdm.auto import tqdm
+
+        self.model.train()
+        order = torch.randperm(len(self.data), generator=self.generator)
+        batches = [order[i : i + self.cfg.batch_size] for i in range(0, len(order), self.cfg.batch_size)]
+        total, speaker_total, count = 0.0, 0.0, 0
+        bar = tqdm(batches, desc=f"epoch {state.epoch + 1}/{self.max_epochs}", leave=False,
+                   disable=not self.progress, unit="batch")
+        for k, idx in enumerate(bar):
+            loss, speaker_loss = self.step(idx, state, (state.epoch + k / len(batches)) / self.max_epochs)
+            total += loss * len(idx)
+            speaker_total += (speaker_loss or 0.0) * len(idx)
+            count += len(idx)
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise TrainingError(f"training diverged at epoch {state.epoch + 1} (weights not finite); lower train.lr "
+                                f"(now {self.cfg.lr})")
+        state.epoch += 1
+        row = {"epoch": state.epoch, "step": state.step, "train_loss": total / max(count, 1),
+               "val_loss": "", "val_war": "", "val_uar": ""}
+        if self.objective.adversary is not None:
+            row["speaker_loss"] = speaker_total / max(count, 1)
+        return row
+
+    def step(self, idx: Tensor, state: FoldState, progress: float) -> tuple[float, float | None]:
+        """One optimizer step on the segments `idx`; a loss that is no longer finite stops training."""
+        data, device, cfg = self.data, self.device, self.cfg
         x, y = data.x[idx].to(device, non_blocking=True), data.y[idx].to(device, non_blocking=True)
         if cfg.freq_warp > 0:
-            x = freq_warp(x, generator, cfg.freq_warp)
+            x = freq_warp(x, self.generator, cfg.freq_warp)
         if cfg.spec_augment:
-            x = spec_augment(x, generator)
-        speaker_loss = None
-        with autocast(device, cfg.precision):
-            if adversary is None and model.speaker_norm is None:
-                logits = model(x)
-            else:
-                h, _ = model.embed(x)
-                speakers = data.spk[idx].to(device, non_blocking=True) if model.speaker_norm is not None else None
-                logits = model.classify(h, speakers)
-                if adversary is not None:
-                    progress_now = (epoch + step / len(batches)) / max_epochs
-                    speaker_logits = adversary(h, adversarial_scale(cfg.speaker_adversarial, progress_now))
-        loss = F.cross_entropy(logits.float(), y, weight=weight)
-        if adversary is not None:
-            speaker_loss = F.cross_entropy(speaker_logits.float(), data.spk[idx].to(device, non_blocking=True))
-        optimizer.zero_grad(set_to_none=True)
+            x = spec_augment(x, self.generator)
+        spk = data.spk[idx].to(device, non_blocking=True) if data.spk is not None else None
+        loss, speaker_loss = self.objective(self.model, x, y, spk, progress, cfg.precision)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrainingError(f"training diverged at epoch {state.epoch + 1} (loss {value}); lower train.lr "
+                                f"(now {cfg.lr})")
+        self.schedule.before_step(state)
+        self.optimizer.zero_grad(set_to_none=True)
         (loss if speaker_loss is None else loss + speaker_loss).backward()
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        if averaged is not None:
-            averaged.update_parameters(model)
-        total += loss.item() * len(idx)
-        if speaker_loss is not None:
-            speaker_total += speaker_loss.item() * len(idx)
-        count += len(idx)
-        bar.set_postfix(loss=f"{total / count:.4f}")
-    return total / max(count, 1), speaker_total / max(count, 1)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        state.step += 1
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.model)
+        return value, (speaker_loss.item() if speaker_loss is not None else None)
+
+    def result(self, state: FoldState) -> FoldResult:
+        """The kept model: the best epoch's weights, else (no validation) the average of the last epochs or the last."""
+        if state.best_state is not None:
+            self.model.load_state_dict(state.best_state)
+        elif self.averaged is not None:
+            self.model.load_state_dict(self.averaged.module.state_dict())
+        return FoldResult(model=self.model, best_epoch=state.best_epoch, epochs=len(state.history),
+                          history=state.history, steps=state.step, seconds=state.seconds)
+
+    def resume(self, path: Path, log: Callable[[str], None]) -> FoldState | None:
+        """Load last.pt into this trainer and return its state; None (start from scratch) when there is none, or
+        when it cannot be read, which is reported with the file's name and the file removed."""
+        _remove_temporaries(path.parent)
+        if not path.is_file():
+            return None
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(payload, dict) or "model" not in payload:
+                raise ValueError("not an atfnn training checkpoint")
+        except Exception as e:  # truncated, empty or garbage: any of torch's, pickle's or zipfile's errors
+            log(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "this fold starts again from scratch")
+            path.unlink()
+            return None
+        self._check_parts(path, payload)
+        return self._load(payload)
+
+    def _check_parts(self, path: Path, payload: dict) -> None:
+        # Checked before anything loads: the optimiser's state would fail on the adversary's parameters with a less
+        # helpful message.
+        parts = (("train.ema_epochs", "averaged", self.averaged),
+                 ("train.speaker_adversarial", "adversary", self.objective.adversary))
+        for option, key, part in parts:
+            if (part is None) != (payload.get(key) is None):
+                written = "without" if part is not None else "with"
+                raise ConfigError(
+                    f"{path} was written {written} {option}; resume it with the same config or start a new --out"
+                )
+
+    def _load(self, payload: dict) -> FoldState:
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        if self.averaged is not None:
+            self.averaged.load_state_dict(payload["averaged"])
+        if self.objective.adversary is not None:
+            self.objective.adversary.load_state_dict(payload["adversary"])
+        self.generator.set_state(payload["generator"])
+        torch.set_rng_state(payload["torch_rng"])
+        if payload["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(payload["cuda_rng"])
+        names = {f.name for f in fields(FoldState)}
+        state = FoldState(**{k: v for k, v in payload.items() if k in names})
+        if "step" not in payload:  # written before steps were counted: every epoch took the same number
+            state.step = state.epoch * self.steps_per_epoch
+        return state
 
 
-def _save_checkpoint(path: Path, model, optimizer, generator, averaged, adversary, state: tuple) -> None:
-    """Everything needed to continue exactly: weights, optimiser, RNG states, early-stopping state (atomic write)."""
-    epoch, best_epoch, best_score, bad_epochs, best_state, history = state
+def _save_checkpoint(path: Path, trainer: Trainer, state: FoldState) -> None:
+    """Everything needed to continue exactly: weights, optimiser, RNG states and the FoldState (atomic, fsynced)."""
     payload = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "averaged": averaged.state_dict() if averaged is not None else None,
-        "adversary": adversary.state_dict() if adversary is not None else None,
-        "generator": generator.get_state(),
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "averaged": trainer.averaged.state_dict() if trainer.averaged is not None else None,
+        "adversary": trainer.objective.adversary.state_dict() if trainer.objective.adversary is not None else None,
+        "generator": trainer.generator.get_state(),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "epoch": epoch,
-        "best_epoch": best_epoch,
-        "best_score": best_score,
-        "bad_epochs": bad_epochs,
-        "best_state": best_state,
-        "history": history,
+        **{f.name: getattr(state, f.name) for f in fields(FoldState)},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".last.")
-    with os.fdopen(fd, "wb") as f:
-        torch.save(payload, f)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
 
 
-def _resume(path: Path, model, optimizer, generator, averaged=None, adversary=None) -> tuple | None:
-    if not path.is_file():
-        return None
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    # Checked before anything loads: the optimiser's state would fail on the adversary's parameters with a less
-    # helpful message.
-    parts = (("train.ema_epochs", "averaged", averaged), ("train.speaker_adversarial", "adversary", adversary))
-    for option, key, part in parts:
-        if (part is None) != (payload.get(key) is None):
-            written = "without" if part is not None else "with"
-            raise ConfigError(
-                f"{path} was written {written} {option}; resume it with the same config or start a new --out"
-            )
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    if averaged is not None:
-        averaged.load_state_dict(payload["averaged"])
-    if adversary is not None:
-        adversary.load_state_dict(payload["adversary"])
-    generator.set_state(payload["generator"])
-    torch.set_rng_state(payload["torch_rng"])
-    if payload["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(payload["cuda_rng"])
-    return (
-        payload["epoch"], payload["best_epoch"], payload["best_score"], payload["bad_epochs"],
-        payload["best_state"], payload["history"],
-    )
+def _remove_temporaries(directory: Path) -> None:
+    """Checkpoints a killed process was writing (never renamed into place, so never the fold's state)."""
+    for leftover in directory.glob(TEMPORARY + "*"):
+        leftover.unlink(missing_ok=True)
 
 
 def _write_log(path: Path, history: list[dict]) -> None:
     """The learning curves as CSV, rewritten from the checkpointed history so a resumed fold has no duplicate rows."""
-    from atfnn.reports import atomic_write_text
-
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=LOG_FIELDS)
     writer.writeheader()

@@ -117,7 +117,7 @@ def test_folds_are_those_of_the_neural_runs(config, tmp_path, no_plot):
     baselines.run_baseline(config, "eGeMAPSv02", run, **FAST)
     report = load_corpus(config.corpus.name, config.corpus.root)
     p = config.protocol
-    assert read_folds(run) == make_folds(report.utterances, p.kind, p.validation, p.val_fraction, p.seed)
+    assert read_folds(run) == make_folds(report.utterances, p)
 
 
 def test_test_speaker_never_trains(config, tmp_path, monkeypatch, no_plot):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,22 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def is_possible_uar(value: float) -> bool:
+    """A test speaker of the tiny corpus has 3 utterances of each of 4 classes: UAR = 100 * (correct) / 12."""
+    return abs(value * 12 / 100 - round(value * 12 / 100)) < 1e-6
+
+
+def assert_results_agree_with_predictions(out: Path, results: dict) -> None:
+    y_true, y_pred = [], []
+    for path in sorted(out.glob("seed-0/*/predictions.csv")):
+        rows = read_rows(path)
+        y_true += [r["label"] for r in rows]
+        y_pred += [r["pred"] for r in rows]
+    assert len(y_true) == results["n"] == 36
+    assert results["uar"] == pytest.approx(uar(y_true, y_pred, results["labels"]))
+    assert results["war"] == pytest.approx(war(y_true, y_pred))
+
+
 def test_tiny_experiment_writes_every_artefact_and_agrees_with_predictions(tiny_run):
     out, results = tiny_run
     for name in ("config.yaml", "run.json", "results.json", "report.md", "confusion.png", "folds/folds.json"):
@@ -74,7 +91,16 @@ def test_tiny_experiment_writes_every_artefact_and_agrees_with_predictions(tiny_
     assert sum(map(sum, saved["confusion"])) == saved["n"]
     assert saved["config"]["model"]["lstm_hidden"] == 8
     assert "| synthetic | Leave-one-speaker-out (3 folds) | ATFNN" in (out / "report.md").read_text()
-    assert final_epochs(out) in (1, 2)
+    kept = []
+    for fold in folds:
+        curve = [float(r["val_uar"]) for r in read_rows(out / "seed-0" / fold / "log.csv")]
+        best = curve.index(max(curve)) + 1  # the first epoch of the best validation UAR
+        assert json.loads((out / "seed-0" / fold / "done.json").read_text())["best_epoch"] == best, fold
+        kept.append(best)
+    assert final_epochs(out) == max(1, round(statistics.median(kept)))
+    assert saved["selection"] == {"kind": "split", "trainings": 3, "seconds": pytest.approx(
+        sum(json.loads((out / "seed-0" / f / "done.json").read_text())["seconds"] for f in folds), abs=0.2)}
+    assert "Selection: split" in (out / "report.md").read_text()
 
 
 def test_rescoring_with_the_runs_own_choices_reproduces_its_results(tiny_run, tmp_path):
@@ -211,9 +237,16 @@ def test_exported_run_has_no_weights_and_resumes_without_training(corpus, tiny_r
     assert resumed["uar"] == pytest.approx(reference["uar"]) and resumed["n"] == reference["n"]
 
 
+def finish_a_fold(out: Path) -> None:
+    """What ties a run directory to its configuration: a finished fold."""
+    (out / "seed-0" / "spk01").mkdir(parents=True)
+    (out / "seed-0" / "spk01" / "done.json").write_text("{}")
+
+
 def test_changed_config_is_refused(corpus, tmp_path):
     out = tmp_path / "run"
     check_run_dir(out, tiny_config(corpus, tmp_path / "cache"))
+    finish_a_fold(out)
     check_run_dir(out, tiny_config(corpus, tmp_path / "cache", "train.device=cpu"))  # where it runs is not the config
     with pytest.raises(ConfigError, match="another configuration"):
         check_run_dir(out, tiny_config(corpus, tmp_path / "cache", "train.lr=0.01"))
@@ -232,6 +265,7 @@ def test_run_begun_before_a_new_config_field_still_resumes(corpus, tmp_path):
     del saved["train"]["monitor_test"]
     (out / "config.yaml").write_text(yaml.safe_dump(saved))
     (out / "run.json").write_text(json.dumps({"fingerprint": "0123456789abcdef"}))  # the older hash
+    finish_a_fold(out)
     check_run_dir(out, config)
     with pytest.raises(ConfigError, match="another configuration"):
         check_run_dir(out, tiny_config(corpus, tmp_path / "cache", "train.monitor_test=true"))
@@ -250,7 +284,7 @@ def test_monitored_test_curve_is_logged_but_changes_nothing(corpus, tiny_run, tm
         assert [r["val_uar"] for r in ours] == [r["val_uar"] for r in theirs], "same selection"
         assert all(r["test_uar"] == "" for r in theirs)
         test_uar = [float(r["test_uar"]) for r in ours]
-        assert len(test_uar) == 2 and all(0 <= v <= 100 for v in test_uar)
+        assert len(test_uar) == 2 and all(is_possible_uar(v) for v in test_uar)
         done = json.loads((out / "seed-0" / fold / "done.json").read_text())
         # The weights kept are the best epoch's, so their test score is that epoch's monitored one.
         assert test_uar[done["best_epoch"] - 1] == pytest.approx(done["uar"])
@@ -284,7 +318,7 @@ def test_augmented_run_trains_on_changed_segments_and_evaluates_on_clean_ones(co
     config = tiny_config(corpus, tmp_path / "cache", "train.freq_warp=0.1", "train.spec_augment=true")
     results = run_experiment(config, out, progress=False, log=lambda m: None)
     assert seen["train"] > 0 and seen["eval"] > 0
-    assert 0 <= results["uar"] <= 100
+    assert_results_agree_with_predictions(out, results)
     fold = reference["folds"][0]["test"]
     ours, theirs = (read_rows(d / "seed-0" / fold / "log.csv") for d in (out, reference_dir))
     assert ours[0]["train_loss"] != theirs[0]["train_loss"], "augmentation changes what the network is trained on"
@@ -308,7 +342,7 @@ def test_speaker_adversarial_run_completes_and_logs_the_speaker_loss(corpus, tmp
     out = tmp_path / "adversarial"
     config = tiny_config(corpus, tmp_path / "cache", "train.speaker_adversarial=1")
     results = run_experiment(config, out, progress=False, log=lambda m: None)
-    assert 0 <= results["uar"] <= 100
+    assert_results_agree_with_predictions(out, results)
     rows = read_rows(out / "seed-0" / results["folds"][0]["test"] / "log.csv")
     assert all(float(r["speaker_loss"]) > 0 for r in rows)
 
@@ -347,3 +381,264 @@ def test_trained_fold_model_predicts_explains_and_exports(tiny_run, corpus, tmp_
     assert png.stat().st_size > 10_000
     onnx_path = export_onnx(fold_dir / "model", tmp_path / "m.onnx")
     assert atfnn.load(onnx_path).predict(audio).label == prediction.label
+
+
+# --- no test-speaker data reaches training or selection ------------------------------------------------------------
+
+@pytest.fixture
+def trainer_spy(monkeypatch):
+    """Every training the experiment starts: its folder, the uids it trains and validates on, its epoch count."""
+    import atfnn.experiment as experiment
+
+    calls = []
+    real = experiment.train_fold
+
+    def spy(model_cfg, train_cfg, labels, train, validation, fold_dir, *args, **kwargs):
+        calls.append({"dir": Path(fold_dir), "train": set(train.uids),
+                      "validation": set(validation.uids) if validation is not None else set(),
+                      "epochs": args[2] if len(args) > 2 else kwargs.get("epochs")})
+        return real(model_cfg, train_cfg, labels, train, validation, fold_dir, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "train_fold", spy)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def session_corpus(corpus, tmp_path_factory) -> Path:
+    """The tiny corpus as a manifest with sessions: spk01 alone in S1, spk02 and spk03 in S2."""
+    manifest = tmp_path_factory.mktemp("sessions") / "manifest.csv"
+    lines = ["path,label,speaker,session"]
+    for wav in sorted(corpus.glob("spk*/*.wav")):
+        session = "S1" if wav.parent.name == "spk01" else "S2"
+        lines.append(f"{wav},{wav.stem.rsplit('_', 1)[0]},{wav.parent.name},{session}")
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+LEAK_CASES = {
+    "loso": [],
+    "validation-speaker": ["protocol.validation=speaker"],
+    "loso-session": ["protocol.kind=loso_session"],
+    "inner-loso": ["protocol.selection=inner-loso"],
+}
+
+
+@pytest.mark.parametrize("case", list(LEAK_CASES))
+def test_no_test_utterance_reaches_any_training_or_selection(case, corpus, session_corpus, tmp_path, trainer_spy):
+    from atfnn.corpora import load_corpus
+
+    extra = [*LEAK_CASES[case], "train.epochs=2"]
+    if case == "loso-session":
+        extra += ["corpus.name=manifest", f"corpus.root={session_corpus}"]
+    config = tiny_config(corpus, tmp_path / "cache", *extra)
+    out = tmp_path / "run"
+    run_experiment(config, out, progress=False, log=lambda m: None)
+    utterances = load_corpus(config.corpus.name, config.corpus.root).utterances
+    group = (lambda u: u.session) if case == "loso-session" else (lambda u: u.speaker)
+    folds = sorted({group(u) for u in utterances})
+    for fold in folds:
+        test = {u.uid for u in utterances if group(u) == fold}
+        rest = {u.uid for u in utterances} - test
+        mine = [c for c in trainer_spy if (out / "seed-0" / fold) in (c["dir"], *c["dir"].parents)]
+        assert len(mine) == (1 + len({u.speaker for u in utterances if u.uid in rest}) if case == "inner-loso" else 1)
+        for call in mine:
+            assert not (call["train"] | call["validation"]) & test, f"fold {fold}: a test utterance reached training"
+        outer = next(c for c in mine if c["dir"] == out / "seed-0" / fold)
+        assert outer["train"] | outer["validation"] == rest, "every other utterance is used"
+    if case == "inner-loso":
+        check_inner_selection(out, folds)
+
+
+def check_inner_selection(out: Path, folds: list[str]) -> None:
+    """The chosen epoch count is the argmax of the mean of the inner folds' validation curves, and the outer fold
+    trains exactly that many epochs with no validation split."""
+    for fold in folds:
+        fold_dir = out / "seed-0" / fold
+        inner_dirs = sorted((fold_dir / "inner").iterdir())
+        curves = [[float(r["val_uar"]) for r in read_rows(d / "log.csv")] for d in inner_dirs]
+        assert len(curves) == 2 and all(len(c) == 2 for c in curves), "inner folds run to train.epochs"
+        mean = [sum(values) / len(values) for values in zip(*curves)]
+        chosen = mean.index(max(mean)) + 1
+        selection = json.loads((fold_dir / "selection.json").read_text())
+        assert selection["epochs"] == chosen and selection["curve"] == pytest.approx(mean)
+        done = json.loads((fold_dir / "done.json").read_text())
+        assert (done["selected_epochs"], done["epochs"], done["trainings"]) == (chosen, chosen, 3)
+        assert [r["val_uar"] for r in read_rows(fold_dir / "log.csv")] == [""] * chosen
+    results = json.loads((out / "results.json").read_text())
+    assert results["selection"]["kind"] == "inner-loso" and results["selection"]["trainings"] == 9
+    assert "Selection: inner-loso" in (out / "report.md").read_text()
+
+
+def test_inner_loso_picks_the_argmax_of_the_mean_curve_and_can_reuse_it_across_seeds(
+    corpus, tmp_path, trainer_spy, monkeypatch
+):
+    import atfnn.experiment as experiment
+
+    # Each inner fold's own best epoch (2 and 3) differs from the best of their mean (3: 45 > 35 > 15).
+    scripted = {"spk02": [10.0, 50.0, 30.0], "spk03": [20.0, 20.0, 60.0]}
+    monkeypatch.setattr(experiment, "_inner_curve", lambda config, corpus, outer, inner, *a: {
+        "curve": scripted[inner.name], "steps": 0, "seconds": 5.0})
+    config = tiny_config(corpus, tmp_path / "cache", "protocol.selection=inner-loso", "protocol.inner_seeds=1",
+                         "train.epochs=4")
+    out = tmp_path / "run"
+    results = run_experiment(config, out, folds=["spk01"], seeds=2, progress=False, log=lambda m: None)
+    assert [(c["dir"].relative_to(out).as_posix(), c["epochs"], c["validation"]) for c in trainer_spy] == [
+        ("seed-0/spk01", 3, set()), ("seed-1/spk01", 3, set())]
+    reused = json.loads((out / "seed-1" / "spk01" / "done.json").read_text())
+    assert reused["selection_reused_from_seed"] == 0 and reused["trainings"] == 1
+    assert not (out / "seed-1" / "spk01" / "inner").exists()
+    assert results["selection"]["trainings"] == 2 + 1 + 1 and results["selection"]["reused"] == 1
+    assert "reused by the others" in (out / "report.md").read_text()
+
+
+def test_inner_folds_resume_from_their_checkpoints(corpus, tmp_path, trainer_spy, monkeypatch):
+    class Stop(Exception):
+        pass
+
+    real_save = training._save_checkpoint
+
+    def crash_on_second_inner(path, *args):
+        real_save(path, *args)
+        if path.parent.name == "spk03":
+            raise Stop
+
+    config = tiny_config(corpus, tmp_path / "cache", "protocol.selection=inner-loso", "train.epochs=1")
+    out = tmp_path / "run"
+    monkeypatch.setattr(training, "_save_checkpoint", crash_on_second_inner)
+    with pytest.raises(Stop):
+        run_experiment(config, out, folds=["spk01"], progress=False, log=lambda m: None)
+    inner = out / "seed-0" / "spk01" / "inner"
+    assert (inner / "spk02" / "curve.json").is_file() and (inner / "spk03" / "last.pt").is_file()
+    monkeypatch.setattr(training, "_save_checkpoint", real_save)
+    trainer_spy.clear()
+    run_experiment(config, out, folds=["spk01"], progress=False, log=lambda m: None)
+    assert [c["dir"].relative_to(out).as_posix() for c in trainer_spy] == [
+        "seed-0/spk01/inner/spk03", "seed-0/spk01"], "the finished inner fold is not trained again"
+    assert not (inner / "spk03" / "last.pt").exists() and (inner / "spk03" / "curve.json").is_file()
+
+
+# --- train --final --------------------------------------------------------------------------------------------------
+
+def test_train_final_trains_for_the_median_kept_epoch_under_the_run_lock(corpus, tmp_path, trainer_spy, capsys):
+    from atfnn.experiment import train_final
+
+    out = tmp_path / "run"
+    for fold, best in (("spk01", 1), ("spk02", 3), ("spk03", 4)):
+        (out / "seed-0" / fold).mkdir(parents=True)
+        (out / "seed-0" / fold / "done.json").write_text(json.dumps({"best_epoch": best}))
+    config = tmp_path / "exp.yaml"
+    config.write_text(f"corpus:\n  name: synthetic\n  root: {corpus}\ncache_dir: {tmp_path / 'cache'}\n")
+    args = ["train", str(config), "--out", str(out), "--final", "--no-progress", *sum([["--set", t] for t in TINY], []),
+            "--set", "train.epochs=10"]
+    with run_lock(out):
+        with pytest.raises(ConfigError, match="in use by"):
+            train_final(tiny_config(corpus, tmp_path / "cache"), out, progress=False)
+        assert not (out / "final").exists()
+    assert main(args) == 0
+    assert [c["epochs"] for c in trainer_spy] == [3], "the median of 1, 3, 4, not the cap of 10"
+    assert json.loads((out / "final" / "model" / "model.json").read_text())["info"]["epochs"] == 3
+    assert len(read_rows(out / "final" / "work" / "log.csv")) == 3
+    assert "for 3 epochs" in capsys.readouterr().out
+
+
+# --- a run folder after failures ------------------------------------------------------------------------------------
+
+def cli_args(config: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", str(config), "--out", str(out), "--no-progress", *sum([["--set", t] for t in TINY], []),
+            "--set", "train.epochs=1", *extra]
+
+
+def write_config(tmp_path: Path, root: Path) -> Path:
+    config = tmp_path / "exp.yaml"
+    config.write_text(f"corpus:\n  name: synthetic\n  root: {root}\ncache_dir: {tmp_path / 'cache'}\n")
+    return config
+
+
+def test_a_failed_start_does_not_lock_the_run_folder(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(cli_args(write_config(tmp_path, tmp_path / "nowhere"), out, "--folds", "spk01")) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "Traceback" not in err
+    assert main(cli_args(write_config(tmp_path, corpus), out, "--folds", "spk01")) == 0
+    assert (out / "seed-0" / "spk01" / "done.json").is_file()
+    assert str(corpus) in (out / "config.yaml").read_text()
+
+
+def test_an_unreadable_checkpoint_restarts_its_fold_and_keeps_the_finished_ones(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    config = write_config(tmp_path, corpus)
+    assert main(cli_args(config, out, "--folds", "spk01")) == 0
+    finished = (out / "seed-0" / "spk01" / "done.json").stat().st_mtime_ns
+    report = (out / "report.md").read_text()
+    assert "without `--folds` (or with `--folds spk02,spk03`, the folds still missing)" in report
+    broken = out / "seed-0" / "spk02" / "last.pt"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"\x00" * 100)
+    (broken.parent / ".last.x1y2").write_bytes(b"half")
+    capsys.readouterr()
+    assert main(cli_args(config, out, "--folds", "spk01,spk02")) == 0
+    captured = capsys.readouterr()
+    said = captured.out + captured.err
+    assert f"{broken}: unreadable checkpoint" in said and "from scratch" in said
+    assert "Traceback" not in captured.err + captured.out
+    assert (out / "seed-0" / "spk01" / "done.json").stat().st_mtime_ns == finished
+    assert (out / "seed-0" / "spk02" / "done.json").is_file() and not list(broken.parent.glob(".last.*"))
+
+
+def test_a_diverging_run_names_the_epoch_and_the_fix(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(cli_args(write_config(tmp_path, corpus), out, "--folds", "spk01", "--set", "train.lr=1e30"))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "training diverged at epoch 1" in err and "lower train.lr" in err
+    assert "segment_probs" not in err
+
+
+def test_done_json_counts_the_time_of_every_sitting(corpus, tmp_path, monkeypatch):
+    import torch
+
+    class Stop(Exception):
+        pass
+
+    real_save = training._save_checkpoint
+
+    def save_then_stop(path, *args):
+        real_save(path, *args)
+        raise Stop
+
+    config = tiny_config(corpus, tmp_path / "cache")
+    out = tmp_path / "run"
+    monkeypatch.setattr(training, "_save_checkpoint", save_then_stop)
+    with pytest.raises(Stop):
+        run_experiment(config, out, folds=["spk01"], progress=False, log=lambda m: None)
+    monkeypatch.setattr(training, "_save_checkpoint", real_save)
+    checkpoint = out / "seed-0" / "spk01" / "last.pt"
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["seconds"] = 1000.0  # as if the first sitting had trained for 1000 s
+    torch.save(payload, checkpoint)
+    run_experiment(config, out, folds=["spk01"], progress=False, log=lambda m: None)
+    assert json.loads((out / "seed-0" / "spk01" / "done.json").read_text())["seconds"] > 1000.0
+
+
+def test_config_and_fold_files_are_written_atomically_and_synced(corpus, tmp_path, monkeypatch):
+    import os
+
+    from atfnn.experiment import prepare_corpus, write_fold_set
+    from atfnn.protocols import make_folds
+
+    replaced, synced = [], []
+    real_replace, real_fsync = os.replace, os.fsync
+    monkeypatch.setattr(os, "replace", lambda src, dst: (replaced.append(Path(dst)), real_replace(src, dst))[1])
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    config = tiny_config(corpus, tmp_path / "cache")
+    out = tmp_path / "run"
+    check_run_dir(out, config)
+    assert {out / "config.yaml", out / "run.json"} <= set(replaced)
+    prepared = prepare_corpus(config, progress=False, log=lambda m: None)
+    replaced.clear()
+    write_fold_set(make_folds(prepared.utterances, config.protocol), prepared.utterances, out)
+    expected = {out / "folds" / "folds.json"} | {
+        out / "folds" / f"spk0{k}" / f"{split}.jsonl" for k in (1, 2, 3) for split in ("train", "validation", "test")}
+    assert set(replaced) == expected
+    assert len(synced) >= 2 * len(expected), "each file and its folder's entry are synced"
+    assert not list(out.rglob(".*.jsonl.*")), "no temporary file is left"

@@ -321,3 +321,190 @@ def test_embedding_norm_needs_the_speaker_index(tmp_path):
     with pytest.raises(ConfigError, match="embedding_norm"):
         train_fold(model_cfg, train_cfg, LABELS, tiny_split(), None, tmp_path, 0, torch.device("cpu"), epochs=1,
                    progress=False)
+
+
+# --- training control flow: early stopping, the kept epoch, class weights -----------------------------------------
+
+def scripted_validation(monkeypatch, scores: list[dict]):
+    """Replace the validation scoring by `scores` (one dict per epoch) and record the weights scored each epoch."""
+    from atfnn import training
+
+    seen = []
+
+    def fake_evaluate(model, split, labels, device, precision="fp32", method="mean"):
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return scores[len(seen) - 1]
+
+    monkeypatch.setattr(training, "evaluate", fake_evaluate)
+    return seen
+
+
+def uar_scores(values: list[float]) -> list[dict]:
+    return [{"loss": 1.0, "war": 0.0, "uar": v} for v in values]
+
+
+def test_early_stopping_stops_after_patience_epochs_without_a_better_score_and_keeps_the_best(tmp_path, monkeypatch):
+    from atfnn.training import train_fold
+
+    model_cfg, train_cfg = tiny_cfgs("train.patience=3", "train.epochs=20")
+    seen = scripted_validation(monkeypatch, uar_scores([10, 40, 30, 40, 20, 90, 95]))
+    result = train_fold(model_cfg, train_cfg, LABELS, tiny_split(), tiny_split(4, seed=1), tmp_path, 0,
+                        torch.device("cpu"), progress=False)
+    # Epoch 2 is the best; 3, 4 (equal is not better) and 5 are not better: 3 epochs without one, so it stops.
+    assert (result.best_epoch, result.epochs, len(seen)) == (2, 5, 5)
+    for name, value in result.model.state_dict().items():
+        torch.testing.assert_close(value, seen[1][name])
+    assert any(not torch.equal(result.model.state_dict()[n], v) for n, v in seen[-1].items())
+
+
+@pytest.mark.parametrize("metric, expected", [("uar", 3), ("war", 2), ("loss", 4)])
+def test_the_kept_epoch_is_the_best_of_the_chosen_metric(tmp_path, monkeypatch, metric, expected):
+    from atfnn.training import train_fold
+
+    model_cfg, train_cfg = tiny_cfgs(f"train.select_metric={metric}", "train.patience=10", "train.epochs=5")
+    scores = [{"uar": u, "war": w, "loss": l} for u, w, l in
+              [(10, 10, 2.0), (20, 50, 1.5), (60, 30, 1.2), (50, 20, 0.9), (40, 40, 1.1)]]
+    seen = scripted_validation(monkeypatch, scores)
+    result = train_fold(model_cfg, train_cfg, LABELS, tiny_split(), tiny_split(4, seed=1), tmp_path, 0,
+                        torch.device("cpu"), progress=False)
+    assert (result.best_epoch, result.epochs) == (expected, 5)
+    for name, value in result.model.state_dict().items():
+        torch.testing.assert_close(value, seen[expected - 1][name])
+
+
+def test_class_weights_are_inverse_to_the_training_counts():
+    from atfnn.training import class_weights
+
+    y = torch.tensor([0, 1, 1, 1, 2, 2])  # counts 1, 3, 2 and an absent class 3
+    weights = class_weights(y, 4)
+    torch.testing.assert_close(weights, torch.tensor([6 / 3, 6 / 9, 6 / 6, 0.0]))  # total / (count * classes present)
+    counts = torch.tensor([1.0, 3.0, 2.0])
+    assert torch.allclose(weights[:3] * counts, torch.full((3,), 2.0)), "weight x count is the same for every class"
+
+
+def test_the_objective_weights_the_loss_by_the_training_counts_only_when_asked():
+    from atfnn.model import build_model
+    from atfnn.training import Objective
+
+    data = tiny_split(12)
+    data.y = torch.tensor([0] * 9 + [1] * 3)
+    model_cfg, weighted = tiny_cfgs("train.class_weighting=true")
+    _, plain = tiny_cfgs()
+    model = build_model(model_cfg, 2)
+    torch.testing.assert_close(Objective(model, data, weighted, 2, torch.device("cpu")).weight,
+                               torch.tensor([12 / 18, 12 / 6]))
+    assert Objective(model, data, plain, 2, torch.device("cpu")).weight is None
+
+
+# --- learning-rate schedule and step counts -------------------------------------------------------------------------
+
+def recorded_lrs(tmp_path, monkeypatch, *extra: str, epochs: int = 4) -> list[float]:
+    from atfnn import training
+
+    model_cfg, train_cfg = tiny_cfgs(*extra)
+    lrs = []
+    real_step = training.Trainer.step
+
+    def spy(self, idx, state, progress):
+        out = real_step(self, idx, state, progress)
+        lrs.append(self.optimizer.param_groups[0]["lr"])
+        return out
+
+    monkeypatch.setattr(training.Trainer, "step", spy)
+    training.train_fold(model_cfg, train_cfg, LABELS, tiny_split(), None, tmp_path, 0, torch.device("cpu"),
+                        epochs=epochs, progress=False)
+    return lrs
+
+
+def test_the_default_schedule_is_the_papers_constant_rate(tmp_path, monkeypatch):
+    assert recorded_lrs(tmp_path, monkeypatch) == [5e-4] * 12  # 12 segments, batch 4: 3 steps an epoch
+
+
+def test_cosine_schedule_with_warmup_ramps_up_then_decays_to_the_floor(tmp_path, monkeypatch):
+    lrs = recorded_lrs(tmp_path, monkeypatch, "train.lr_schedule=cosine", "train.warmup_epochs=1",
+                       "train.min_lr=0.0001", "train.lr=0.001")
+    assert lrs[:3] == pytest.approx([0.0001 + 0.0009 * k / 3 for k in (1, 2, 3)])
+    import math
+    expected = [0.0001 + 0.0009 * 0.5 * (1 + math.cos(math.pi * k / 9)) for k in range(9)]
+    assert lrs[3:] == pytest.approx(expected)
+
+
+def test_plateau_schedule_halves_the_rate_after_epochs_without_improvement(tmp_path, monkeypatch):
+    from atfnn import training
+
+    model_cfg, train_cfg = tiny_cfgs("train.lr_schedule=plateau", "train.patience=20", "train.epochs=6")
+    scripted_validation(monkeypatch, uar_scores([50, 40, 40, 40, 40, 40]))
+    lrs = []
+    real_step = training.Trainer.step
+    monkeypatch.setattr(training.Trainer, "step", lambda self, *a: (
+        out := real_step(self, *a), lrs.append(self.optimizer.param_groups[0]["lr"]))[0])
+    training.train_fold(model_cfg, train_cfg, LABELS, tiny_split(), tiny_split(4, seed=1), tmp_path, 0,
+                        torch.device("cpu"), progress=False)
+    # Epochs 2-4 are not better than epoch 1: from epoch 5 on, half the rate.
+    assert lrs == [5e-4] * 12 + [2.5e-4] * 6
+
+
+def test_steps_are_counted_in_the_log_and_the_result(tmp_path):
+    from atfnn.training import LOG, train_fold
+
+    model_cfg, train_cfg = tiny_cfgs()
+    result = train_fold(model_cfg, train_cfg, LABELS, tiny_split(10), None, tmp_path, 0, torch.device("cpu"),
+                        epochs=3, progress=False)
+    assert result.steps == 9  # 10 segments, batch 4: 3 steps an epoch
+    rows = [line.split(",") for line in (tmp_path / LOG).read_text().splitlines()]
+    column = rows[0].index("step")
+    assert [int(r[column]) for r in rows[1:]] == [3, 6, 9]
+
+
+def test_schedule_options_are_checked_when_the_config_is_read():
+    with pytest.raises(ConfigError, match="train.lr_schedule"):
+        load_config(overrides=["train.lr_schedule=linear"])
+    assert load_config(overrides=["train.lr_schedule=cosine"]).train.lr_schedule == "cosine"
+
+
+# --- a corrupt checkpoint, leftovers, divergence --------------------------------------------------------------------
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "truncated"])
+def test_an_unreadable_checkpoint_is_named_and_the_fold_starts_again(tmp_path, damage):
+    from atfnn.training import CHECKPOINT, train_fold
+
+    model_cfg, train_cfg = tiny_cfgs()
+    data, cpu = tiny_split(), torch.device("cpu")
+    straight = train_fold(model_cfg, train_cfg, LABELS, data, None, tmp_path / "a", 0, cpu, epochs=2, progress=False)
+    fold = tmp_path / "b"
+    train_fold(model_cfg, train_cfg, LABELS, data, None, fold, 0, cpu, epochs=1, progress=False)
+    checkpoint = fold / CHECKPOINT
+    content = checkpoint.read_bytes()
+    checkpoint.write_bytes({"empty": b"", "garbage": b"not a checkpoint at all" * 10,
+                            "truncated": content[: len(content) // 2]}[damage])
+    (fold / ".last.abc123").write_bytes(b"half a checkpoint")  # what a killed save leaves
+    messages = []
+    again = train_fold(model_cfg, train_cfg, LABELS, data, None, fold, 0, cpu, epochs=2, progress=False,
+                       log=messages.append)
+    assert len(messages) == 1 and str(checkpoint) in messages[0] and "from scratch" in messages[0]
+    assert again.epochs == 2 and [r["train_loss"] for r in again.history] == [r["train_loss"] for r in straight.history]
+    assert not list(fold.glob(".last.*")), "leftover temporary checkpoints are removed"
+
+
+def test_a_diverging_loss_stops_with_the_epoch_and_the_fix(tmp_path):
+    from atfnn.errors import TrainingError
+    from atfnn.training import train_fold
+
+    model_cfg, train_cfg = tiny_cfgs("train.lr=1e30")
+    with pytest.raises(TrainingError, match=r"training diverged at epoch 1 \((loss|weights) .*\); lower train.lr"):
+        train_fold(model_cfg, train_cfg, LABELS, tiny_split(), tiny_split(4, seed=1), tmp_path, 0,
+                   torch.device("cpu"), epochs=3, progress=False)
+
+
+def test_resumed_training_time_counts_every_sitting(tmp_path):
+    from atfnn.training import CHECKPOINT, train_fold
+
+    model_cfg, train_cfg = tiny_cfgs()
+    data, cpu = tiny_split(), torch.device("cpu")
+    train_fold(model_cfg, train_cfg, LABELS, data, None, tmp_path, 0, cpu, epochs=1, progress=False)
+    payload = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    payload["seconds"] = 1000.0  # as if the first sitting had taken 1000 s
+    torch.save(payload, tmp_path / CHECKPOINT)
+    resumed = train_fold(model_cfg, train_cfg, LABELS, data, None, tmp_path, 0, cpu, epochs=2, progress=False)
+    assert resumed.seconds - resumed.sitting_seconds == pytest.approx(1000.0)
+    assert 1000.0 < resumed.seconds
