@@ -1,6 +1,6 @@
 """The experiment runner: every fold (and seed) of a cross-validated experiment, resumable, ending in a report.
 
-RUN_DIR/config.yaml, run.json (fingerprint), folds/, seed-<s>/<fold>/{last.pt, log.csv, model/, predictions.csv,
+RUN_DIR/config.yaml, run.json (fingerprint), foldset.json, seed-<s>/<fold>/{last.pt, log.csv, model/, predictions.csv,
 done.json}, results.json, report.md, confusion.png. A fold is finished when its done.json exists (written last,
 atomically); a rerun skips finished folds and resumes an unfinished one from last.pt.
 """
@@ -27,7 +27,8 @@ from atfnn.checkpoint import save_model
 from atfnn.config import ExperimentConfig, from_dict, save_config
 from atfnn.corpora import Utterance, load_corpus
 from atfnn.errors import ConfigError, CorpusError
-from atfnn.protocols import Fold, make_folds, select_folds, write_folds
+from atfnn.foldsets import read_run_folds, write_run_folds
+from atfnn.protocols import Fold, make_folds, select_folds
 from atfnn.reports import atomic_write_text, finalise_run, write_predictions
 from atfnn.runtime import die_with_parent, peak_rss_mib, threads_per_job, tune_allocator
 from atfnn.training import SplitData, evaluate, resolve_device, train_fold
@@ -182,7 +183,7 @@ def _run_experiment(
         corpus.utterances, config.protocol.kind, config.protocol.validation, config.protocol.val_fraction,
         config.protocol.seed,
     )
-    write_folds(all_folds, corpus.utterances, out)
+    write_run_folds(out, all_folds, corpus.utterances, config.corpus.name, config.corpus.root)
     chosen = select_folds(all_folds, folds)
     pending = []
     for seed in range(config.train.seed, config.train.seed + seeds):
@@ -339,7 +340,6 @@ def rescore_run(
     """
     from atfnn.checkpoint import load_model
     from atfnn.metrics import summarise
-    from atfnn.protocols import read_folds
 
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
@@ -348,7 +348,7 @@ def rescore_run(
     if segment_hop is not None:
         config.frontend.segment_hop = segment_hop
     corpus = prepare_corpus(config, progress=False, log=log)
-    folds = {fold.name: fold for fold in read_folds(run_dir)}
+    folds = {fold.name: fold for fold in read_run_folds(run_dir)}
     device = torch.device("cpu")
     by_seed: dict[int, list] = {}
     for fold_dir in sorted(run_dir.glob(f"seed-*/*/{DONE}")):

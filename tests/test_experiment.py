@@ -52,7 +52,7 @@ def read_rows(path: Path) -> list[dict]:
 
 def test_tiny_experiment_writes_every_artefact_and_agrees_with_predictions(tiny_run):
     out, results = tiny_run
-    for name in ("config.yaml", "run.json", "results.json", "report.md", "confusion.png", "folds/folds.json"):
+    for name in ("config.yaml", "run.json", "results.json", "report.md", "confusion.png", "foldset.json"):
         assert (out / name).is_file(), name
     folds = sorted(p.name for p in (out / "seed-0").iterdir())
     assert len(folds) == 3 and len(results["folds"]) == 3
