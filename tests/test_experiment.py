@@ -91,6 +91,7 @@ def test_rescoring_with_the_runs_own_choices_reproduces_its_results(tiny_run, tm
     with pytest.raises(ConfigError, match="no finished fold"):
         empty = tmp_path / "empty"
         shutil.copytree(out / "folds", empty / "folds")
+        shutil.copy(out / "foldset.json", empty / "foldset.json")
         shutil.copy(out / "config.yaml", empty / "config.yaml")
         rescore_run(empty, log=lambda message: None)
 
