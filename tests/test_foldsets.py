@@ -125,6 +125,9 @@ def test_export_stores_one_set_for_two_runs_and_keeps_no_machine_path(corpus, tm
     rows = (results / "a" / "seed-0" / "s1" / "predictions.csv").read_text().splitlines()
     assert rows[1].startswith("s1/angry/0.wav,s1,angry,angry")
     assert foldsets.foldset_path(results / "a") == sets[0]
+    export_run(tmp_path / "runs" / "b", results / "baselines" / "b")
+    assert sorted((results / "folds").iterdir()) == sets and not (results / "baselines" / "folds").exists()
+    assert foldsets.foldset_path(results / "baselines" / "b") == sets[0], "results/baselines/<run> shares the store"
 
 
 def test_a_pointer_to_a_missing_set_names_where_it_looked(tmp_path):
