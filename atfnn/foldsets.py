@@ -242,7 +242,7 @@ def _check_fold_name(name: str) -> None:
 
 def write_run_folds(run_dir: str | Path, folds: Sequence[Fold], utterances: Sequence[Utterance], corpus: str,
                     root: str | Path) -> Path:
-    """Store the run's fold set in RUN_DIR/folds/<id>/ and point RUN_DIR/foldset.json at it; returns the set's folder."""
+    """Store the run's fold set in RUN_DIR/folds/<id>/ and point RUN_DIR/foldset.json at it; returns its folder."""
     run_dir = Path(run_dir)
     foldset = from_folds(corpus, folds, utterances, corpus_base(root))
     path = write_foldset(foldset, run_dir / STORE)

@@ -27,7 +27,8 @@ ABSOLUTE = re.compile(r"(?<![\w.])/(work|root|home|tmp|Users|mnt|data)/")
 
 def run_dirs(results: Path) -> list[Path]:
     """Runs in the old layout: a folder with config.yaml and folds/folds.json (the shared store is not a run)."""
-    return sorted(p.parent.parent for p in results.glob("**/folds/folds.json") if (p.parent.parent / "config.yaml").is_file())
+    summaries = results.glob("**/folds/folds.json")
+    return sorted(p.parent.parent for p in summaries if (p.parent.parent / "config.yaml").is_file())
 
 
 def migrate(run: Path, results: Path, dry_run: bool) -> str:
@@ -62,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = run_dirs(results)
     for run in runs:
         print(migrate(run, results, args.dry_run))
-    print(f"{len(runs)} run(s) {'to migrate' if args.dry_run else 'migrated'}; "
-          f"{len(list((results / foldsets.STORE).glob('*/' + foldsets.SUMMARY)))} fold set(s) in {results / foldsets.STORE}")
+    n_sets = len(list((results / foldsets.STORE).glob("*/" + foldsets.SUMMARY)))
+    done = "to migrate" if args.dry_run else "migrated"
+    print(f"{len(runs)} run(s) {done}; {n_sets} fold set(s) in {results / foldsets.STORE}")
     left = absolute_paths(results)
     for path in left:
         print(f"still names an absolute path: {path}")
