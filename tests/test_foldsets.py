@@ -136,3 +136,20 @@ def test_a_pointer_to_a_missing_set_names_where_it_looked(tmp_path):
     (run / foldsets.POINTER).write_text(json.dumps({"foldset": "toy-000000000000"}))
     with pytest.raises(ConfigError, match="toy-000000000000"):
         foldsets.fold_summary(run)
+
+
+def test_migration_script_moves_old_runs_to_the_shared_store_once(corpus, tmp_path, capsys):
+    from conftest import load_script
+
+    script = load_script("scripts/migrate_results.py")
+    root, utts = corpus
+    results = tmp_path / "results"
+    folds = old_run(results / "a", root, utts, config_root="../data/toy")
+    old_run(results / "baselines" / "b", root, utts, config_root="../data/toy")
+    assert script.absolute_paths(results), "the fixture names absolute paths, as results/ did"
+    assert script.main([str(results)]) == 0
+    assert not (results / "a" / "folds").exists() and not (results / "baselines" / "b" / "folds").exists()
+    assert len(list((results / "folds").iterdir())) == 1
+    assert script.absolute_paths(results) == []
+    assert foldsets.read_foldset(foldsets.foldset_path(results / "a")).to_folds(root) == folds
+    assert script.main([str(results)]) == 0 and "0 run(s) migrated" in capsys.readouterr().out
