@@ -245,6 +245,13 @@ def write_run_folds(run_dir: str | Path, folds: Sequence[Fold], utterances: Sequ
     """Store the run's fold set in RUN_DIR/folds/<id>/ and point RUN_DIR/foldset.json at it; returns its folder."""
     run_dir = Path(run_dir)
     foldset = from_folds(corpus, folds, utterances, corpus_base(root))
+    if (run_dir / POINTER).is_file():
+        try:
+            found = foldset_path(run_dir)
+        except ConfigError:  # the pointer names a set that is not there (a copied run): write it again
+            found = None
+        if found is not None and read_foldset(found).fingerprint == foldset.fingerprint:
+            return found  # a run resumed where it was exported: its set is already in the shared store
     path = write_foldset(foldset, run_dir / STORE)
     write_pointer(run_dir, foldset)
     return path

@@ -153,3 +153,15 @@ def test_migration_script_moves_old_runs_to_the_shared_store_once(corpus, tmp_pa
     assert script.absolute_paths(results) == []
     assert foldsets.read_foldset(foldsets.foldset_path(results / "a")).to_folds(root) == folds
     assert script.main([str(results)]) == 0 and "0 run(s) migrated" in capsys.readouterr().out
+
+
+def test_a_run_resumed_in_place_reuses_the_shared_set(corpus, tmp_path):
+    root, utts = corpus
+    old_run(tmp_path / "runs" / "a", root, utts)
+    export_run(tmp_path / "runs" / "a", tmp_path / "results" / "a")
+    shared = foldsets.foldset_path(tmp_path / "results" / "a")
+    found = foldsets.write_run_folds(tmp_path / "results" / "a", make_folds(utts), utts, "toy", root)
+    assert found == shared and not (tmp_path / "results" / "a" / "folds").exists()
+    other = foldsets.write_run_folds(tmp_path / "results" / "a", make_folds(utts, validation="speaker"), utts, "toy", root)
+    assert other.parent == tmp_path / "results" / "a" / "folds", "other folds get their own set"
+    assert foldsets.foldset_path(tmp_path / "results" / "a") == other
