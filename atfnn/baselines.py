@@ -25,7 +25,8 @@ from atfnn.config import ExperimentConfig
 from atfnn.corpora import load_corpus
 from atfnn.corpora.base import Utterance
 from atfnn.errors import ATFNNError, AudioError, ConfigError
-from atfnn.protocols import Fold, make_folds, read_folds, select_folds, write_folds
+from atfnn.foldsets import has_folds, read_run_folds, write_run_folds
+from atfnn.protocols import Fold, make_folds, select_folds
 from atfnn.reports import atomic_write_text, finalise_run, run_labels, write_predictions
 
 FEATURE_SETS = {"eGeMAPSv02": "egemaps", "ComParE_2016": "compare"}  # openSMILE name -> method prefix
@@ -292,7 +293,7 @@ def run_baseline(
 
     utterances, labels = _load_utterances(config)
     all_folds = make_folds(utterances, config.protocol)
-    _write_or_check_folds(all_folds, utterances, out)
+    _write_or_check_folds(all_folds, utterances, out, config)
     chosen = select_folds(all_folds, folds)
 
     x, kept, failures = _features(utterances, feature_set, config, progress, workers)
@@ -390,13 +391,13 @@ def _load_utterances(config: ExperimentConfig) -> tuple[list[Utterance], list[st
     return report.utterances, sorted({u.label for u in report.utterances})
 
 
-def _write_or_check_folds(folds: list[Fold], utterances: list[Utterance], out: Path) -> None:
+def _write_or_check_folds(folds: list[Fold], utterances: list[Utterance], out: Path, config: ExperimentConfig) -> None:
     """The folds of the neural runs (same make_folds call); folds already in RUN_DIR must be these."""
-    if (out / "folds" / "folds.json").is_file():
-        if read_folds(out) != folds:
-            raise ConfigError(f"{out / 'folds'}: the folds there differ from this config's; use a new --out directory")
+    if has_folds(out):
+        if read_run_folds(out) != folds:
+            raise ConfigError(f"{out}: the folds there differ from this config's; use a new --out directory")
         return
-    write_folds(folds, utterances, out)
+    write_run_folds(out, folds, utterances, config.corpus.name, config.corpus.root)
 
 
 def _features(

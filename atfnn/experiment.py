@@ -1,6 +1,6 @@
 """The experiment runner: every fold (and seed) of a cross-validated experiment, resumable, ending in a report.
 
-RUN_DIR/config.yaml, run.json (fingerprint), folds/, seed-<s>/<fold>/{last.pt, log.csv, model/, predictions.csv,
+RUN_DIR/config.yaml, run.json (fingerprint), foldset.json, seed-<s>/<fold>/{last.pt, log.csv, model/, predictions.csv,
 done.json}, results.json, report.md, confusion.png; with protocol.selection=inner-loso also
 seed-<s>/<fold>/{selection.json, inner/<speaker>/{last.pt, log.csv, curve.json}}. A fold is finished when its
 done.json exists (written last, atomically); a rerun skips finished folds and resumes an unfinished one from last.pt.
@@ -30,8 +30,9 @@ from atfnn.checkpoint import save_model
 from atfnn.config import ExperimentConfig, from_dict
 from atfnn.corpora import Utterance, load_corpus
 from atfnn.errors import ConfigError, CorpusError
+from atfnn.foldsets import read_run_folds, write_run_folds
 from atfnn.frontend import NormStats, apply_stats, fit_global_stats
-from atfnn.protocols import Fold, inner_folds, make_folds, select_folds, write_folds
+from atfnn.protocols import Fold, inner_folds, make_folds, select_folds
 from atfnn.reports import atomic_write_text, finalise_run, write_predictions
 from atfnn.runtime import die_with_parent, peak_rss_mib, threads_per_job, tune_allocator
 from atfnn.training import CHECKPOINT, FoldResult, SplitData, evaluate, resolve_device, train_fold
@@ -195,7 +196,7 @@ def run_experiment(
         log(f"device {device}; F-Encoder ops: {kernels.status()}")
         corpus = prepare_corpus(config, progress=progress, log=log)
         all_folds = make_folds(corpus.utterances, config.protocol)
-        write_fold_set(all_folds, corpus.utterances, out)
+        write_fold_set(config, all_folds, corpus.utterances, out)
         pending = _pending(out, select_folds(all_folds, folds), config.train.seed, seeds, log)
         if jobs > 1 and len(pending) > 1:
             for wave in _waves(config, pending):
@@ -219,9 +220,9 @@ def setup_process(config: ExperimentConfig, threads: int | None = None) -> torch
     return resolve_device(config.train.device)
 
 
-def write_fold_set(folds: Sequence[Fold], utterances: Sequence[Utterance], out: Path) -> None:
-    """The folds a run uses, written beside it as readable files."""
-    write_folds(folds, utterances, out)
+def write_fold_set(config: ExperimentConfig, folds: Sequence[Fold], utterances: Sequence[Utterance], out: Path) -> None:
+    """The folds a run uses: a fold set stored once (ids relative to the corpus root), named by the run."""
+    write_run_folds(out, folds, utterances, config.corpus.name, config.corpus.root)
 
 
 def _pending(out: Path, chosen: list[Fold], first_seed: int, seeds: int, log: Callable[[str], None]) -> list:
@@ -509,7 +510,6 @@ def rescore_run(
     """
     from atfnn.checkpoint import load_model
     from atfnn.metrics import summarise
-    from atfnn.protocols import read_folds
 
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
@@ -518,7 +518,7 @@ def rescore_run(
     if segment_hop is not None:
         config.frontend.segment_hop = segment_hop
     corpus = prepare_corpus(config, progress=False, log=log)
-    folds = {fold.name: fold for fold in read_folds(run_dir)}
+    folds = {fold.name: fold for fold in read_run_folds(run_dir)}
     device = torch.device("cpu")
     by_seed: dict[int, list] = {}
     for fold_dir in sorted(run_dir.glob(f"seed-*/*/{DONE}")):

@@ -3,6 +3,7 @@ prediction files, so the summary always agrees with the predictions it summarise
 
 Layout read here (written by the experiment runner and the baselines alike):
     RUN_DIR/config.yaml
+    RUN_DIR/foldset.json                      the fold set the run used (atfnn.foldsets; older runs: RUN_DIR/folds/)
     RUN_DIR/seed-<s>/<fold>/predictions.csv   uid,speaker,label,pred[,p_<label>...]
     RUN_DIR/seed-<s>/<fold>/done.json         {"fold", "seed", "epochs", "best_epoch", "seconds", ...}
 """
@@ -15,12 +16,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from atfnn import foldsets
 from atfnn.atomic import atomic_path, atomic_write_text
 from atfnn.errors import ATFNNError
 from atfnn.metrics import row_normalise, summarise
 
 PREDICTION_FIELDS = ("uid", "speaker", "label", "pred")
-FOLDS_SUMMARY = Path("folds") / "folds.json"  # written by atfnn.protocols.write_folds
 # Figures quoted from the paper (Tables II and III), shown beside ours in reports.
 PAPER = {
     ("casia", "atfnn"): (48.75, 48.75), ("casia", "tfnn"): (46.67, 46.67),
@@ -60,22 +61,16 @@ def fold_dirs(run_dir: Path) -> list[Path]:
 
 
 def run_labels(run_dir: str | Path) -> list[str]:
-    """The class names of a run: every label of its folds (folds/folds.json), sorted as the runner sorts them."""
-    if not (Path(run_dir) / FOLDS_SUMMARY).is_file():
-        raise ATFNNError(f"{run_dir}: no folds/folds.json; is this a run directory?")
-    folds = _read_folds(run_dir)
+    """The class names of a run: every label of its folds (its fold set), sorted as the runner sorts them."""
+    if not foldsets.has_folds(run_dir):
+        raise ATFNNError(f"{run_dir}: no {foldsets.POINTER} (nor folds/folds.json); is this a run directory?")
+    folds = foldsets.fold_summary(run_dir)
     return sorted({label for fold in folds for split in fold["labels"].values() for label in split})
 
 
-def _read_folds(run_dir: str | Path) -> list[dict]:
-    """The fold entries of folds/folds.json; empty when the run has no such file."""
-    path = Path(run_dir) / FOLDS_SUMMARY
-    return json.loads(path.read_text())["folds"] if path.is_file() else []
-
-
 def expected_folds(run_dir: str | Path) -> set[str]:
-    """The fold names a run was split into (folds/folds.json); empty when the run has no such file."""
-    return {fold["name"] for fold in _read_folds(run_dir)}
+    """The fold names a run was split into (its fold set); empty when the run has none."""
+    return {fold["name"] for fold in foldsets.fold_summary(run_dir)}
 
 
 def curve_stats(log_path: Path, best_epoch: int | None) -> dict[str, Any]:
@@ -109,7 +104,7 @@ def summarise_run(run_dir: str | Path, labels: Sequence[str], config: dict[str, 
         raise ATFNNError(f"{run_dir}: no finished fold (no seed-*/<fold>/done.json); run `atfnn train` first")
     # A seed still training has fewer finished folds than the others: its pooled figure would be one of a few
     # speakers, so it is left out of the headline (and listed) until every fold of it is done. The folds a run
-    # should have come from folds/folds.json where it exists, so a run whose every seed is still training is
+    # should have come from its fold set where it has one, so a run whose every seed is still training is
     # reported over its finished folds but flagged incomplete, never as if those folds were all of them.
     all_folds = {name for per_fold in by_seed.values() for name, _, _ in per_fold} | expected_folds(run_dir)
     partial = sorted(int(seed) for seed, per_fold in by_seed.items() if {name for name, _, _ in per_fold} != all_folds)
@@ -360,30 +355,35 @@ def compare(run_dirs: Sequence[str | Path]) -> str:
 
 
 # The small, text-like files of a run: enough to recompute every number and to resume it (finished folds are skipped
-# by their done.json); no weights and no resume checkpoints.
+# by their done.json); no weights and no resume checkpoints. The fold set is stored apart (atfnn.foldsets).
 EXPORT_PATTERNS = (
-    "config.yaml", "run.json", "results.json", "report.md", "confusion.png", "folds/**/*",
+    "config.yaml", "run.json", "results.json", "report.md", "confusion.png",
     "seed-*/*/done.json", "seed-*/*/log.csv", "seed-*/*/predictions.csv", "seed-*/*/model/model.json",
 )
 
 
 def export_run(run_dir: str | Path, dest: str | Path) -> list[Path]:
-    """Copy a run's small files (EXPORT_PATTERNS) to dest, keeping the layout; returns the copied paths.
+    """Copy a run's small files (EXPORT_PATTERNS) to dest, keeping the layout; returns the written paths.
 
-    For keeping results in the repository: `atfnn train ... --out dest-copy` resumes from such a copy (unfinished
-    folds start again, as their checkpoints are not copied).
+    The fold set goes once into the shared folds/ above dest (`atfnn.foldsets.shared_store`), dest/foldset.json
+    names it, and the uids of the predictions become relative to the corpus root: no machine path is kept. A run
+    made before fold sets is exported the same way. For keeping results in the repository: `atfnn train ... --out
+    dest-copy` resumes from such a copy (unfinished folds start again, as their checkpoints are not copied).
     """
     import shutil
 
     run_dir, dest = Path(run_dir), Path(dest)
-    if not (run_dir / "run.json").is_file():
-        raise ATFNNError(f"{run_dir}: not a run directory (no run.json)")
-    copied = []
+    if not (run_dir / "config.yaml").is_file() or not foldsets.has_folds(run_dir):
+        raise ATFNNError(f"{run_dir}: not a run directory (no config.yaml and fold set)")
+    copied, base = foldsets.export_folds(run_dir, dest)
     for pattern in EXPORT_PATTERNS:
         for path in sorted(run_dir.glob(pattern)):
             if path.is_file():
                 target = dest / path.relative_to(run_dir)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, target)
+                if path.name == "predictions.csv":
+                    foldsets.relativise_predictions(path, base, target)
+                else:
+                    shutil.copy2(path, target)
                 copied.append(target)
     return copied

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from atfnn.checkpoint import load_model
 from atfnn.experiment import load_run_config, prepare_corpus, split_data
-from atfnn.protocols import read_folds
+from atfnn.foldsets import read_run_folds as read_folds  # either run layout
 from atfnn.training import SpeakerAdversary
 
 EPOCHS, BATCH, LEARNING_RATES = 6, 128, (5e-4, 1e-2)

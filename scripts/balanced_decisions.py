@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import accuracy_score, recall_score
 
+from atfnn.foldsets import fold_summary
+
 SINKHORN_ITERATIONS = 1000
 SINKHORN_TOLERANCE = 1e-9
 FLOOR = 1e-12  # posteriors of exactly 0 would pin a class out of the rescaling
@@ -55,7 +57,7 @@ def _read_fold(path: Path, labels: list[str]) -> tuple[np.ndarray, np.ndarray, l
 
 
 def score_run(run_dir: Path) -> dict:
-    folds = json.loads((run_dir / "folds" / "folds.json").read_text())["folds"]
+    folds = fold_summary(run_dir)  # either layout: RUN_DIR/foldset.json or an older run's folds/
     labels = sorted(folds[0]["labels"]["train"])
     seeds = {}
     for seed_dir in sorted(run_dir.glob("seed-*")):

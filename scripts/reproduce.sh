@@ -8,7 +8,9 @@
 #
 # JOBS (default 2) folds train at once. Runs marked "monitored" also log the test speaker's UAR per epoch
 # (train.monitor_test, analysis only: selection never sees it, training is unchanged). To add seeds to a run whose
-# results/ export is all that is left, copy results/<run> to runs/<run> first: its finished folds are skipped.
+# results/ export is all that is left, copy results/<run> to runs/<run> first: its finished folds are skipped (the
+# fold set it names in foldset.json is in results/folds/; `atfnn train` writes it again into runs/<run>/folds/).
+# The export stores each fold set once in results/folds/<corpus>-<fingerprint>/, uids relative to the corpus root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ATFNN=${ATFNN:-.venv/bin/atfnn}

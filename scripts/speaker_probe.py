@@ -21,7 +21,7 @@ import torch
 
 from atfnn.checkpoint import load_model
 from atfnn.experiment import DONE, load_run_config, prepare_corpus, split_data
-from atfnn.protocols import read_folds
+from atfnn.foldsets import read_run_folds as read_folds  # either run layout
 
 BATCH = 256
 CV_FOLDS = 5

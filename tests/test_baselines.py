@@ -17,7 +17,8 @@ from atfnn.config import load_config  # noqa: E402
 from atfnn.corpora import load_corpus  # noqa: E402
 from atfnn.errors import ConfigError  # noqa: E402
 from atfnn.metrics import uar, war  # noqa: E402
-from atfnn.protocols import make_folds, read_folds  # noqa: E402
+from atfnn.foldsets import read_run_folds  # noqa: E402
+from atfnn.protocols import make_folds  # noqa: E402
 
 SR = 16000
 SPEAKERS = ("s1", "s2", "s3")
@@ -117,7 +118,7 @@ def test_folds_are_those_of_the_neural_runs(config, tmp_path, no_plot):
     baselines.run_baseline(config, "eGeMAPSv02", run, **FAST)
     report = load_corpus(config.corpus.name, config.corpus.root)
     p = config.protocol
-    assert read_folds(run) == make_folds(report.utterances, p)
+    assert read_run_folds(run) == make_folds(report.utterances, p)
 
 
 def test_test_speaker_never_trains(config, tmp_path, monkeypatch, no_plot):

@@ -69,7 +69,7 @@ def assert_results_agree_with_predictions(out: Path, results: dict) -> None:
 
 def test_tiny_experiment_writes_every_artefact_and_agrees_with_predictions(tiny_run):
     out, results = tiny_run
-    for name in ("config.yaml", "run.json", "results.json", "report.md", "confusion.png", "folds/folds.json"):
+    for name in ("config.yaml", "run.json", "results.json", "report.md", "confusion.png", "foldset.json"):
         assert (out / name).is_file(), name
     folds = sorted(p.name for p in (out / "seed-0").iterdir())
     assert len(folds) == 3 and len(results["folds"]) == 3
@@ -117,6 +117,7 @@ def test_rescoring_with_the_runs_own_choices_reproduces_its_results(tiny_run, tm
     with pytest.raises(ConfigError, match="no finished fold"):
         empty = tmp_path / "empty"
         shutil.copytree(out / "folds", empty / "folds")
+        shutil.copy(out / "foldset.json", empty / "foldset.json")
         shutil.copy(out / "config.yaml", empty / "config.yaml")
         rescore_run(empty, log=lambda message: None)
 
@@ -636,9 +637,10 @@ def test_config_and_fold_files_are_written_atomically_and_synced(corpus, tmp_pat
     assert {out / "config.yaml", out / "run.json"} <= set(replaced)
     prepared = prepare_corpus(config, progress=False, log=lambda m: None)
     replaced.clear()
-    write_fold_set(make_folds(prepared.utterances, config.protocol), prepared.utterances, out)
-    expected = {out / "folds" / "folds.json"} | {
-        out / "folds" / f"spk0{k}" / f"{split}.jsonl" for k in (1, 2, 3) for split in ("train", "validation", "test")}
-    assert set(replaced) == expected
-    assert len(synced) >= 2 * len(expected), "each file and its folder's entry are synced"
-    assert not list(out.rglob(".*.jsonl.*")), "no temporary file is left"
+    write_fold_set(config, make_folds(prepared.utterances, config.protocol), prepared.utterances, out)
+    (store,) = (out / "folds").iterdir()
+    assert set(replaced) == {out / "foldset.json", store}, "the pointer and the whole set, each renamed into place"
+    files = [*store.rglob("*.jsonl"), store / "folds.json"]
+    assert len(files) == 1 + 3 * 3
+    assert len(synced) >= len(files) + 2, "each file, the set's folders and the pointer are synced"
+    assert not [p for p in out.rglob(".*") if p.name != ".lock"], "no temporary file is left"

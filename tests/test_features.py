@@ -14,7 +14,7 @@ import torch
 
 from atfnn import features
 from atfnn.audio import load_audio, log_mel_spectrogram, segment, segment_starts
-from atfnn.config import FrontEndConfig
+from atfnn.config import FrontEndConfig, ProtocolConfig
 from atfnn.corpora.base import Utterance
 from atfnn.features import build_segments, normalise_stats, prepare, write_store
 
@@ -406,7 +406,7 @@ def folds_seen_by_training(tmp_path, monkeypatch, *overrides: str):
     monkeypatch.setattr(experiment, "fit_global_stats", spy)
     monkeypatch.setattr(experiment, "train_fold", stop)
     seen = []
-    for fold in experiment.make_folds(corpus.utterances, "loso", "utterances", 0.2, 0):
+    for fold in experiment.make_folds(corpus.utterances, ProtocolConfig(val_fraction=0.2)):
         with pytest.raises(StopFold):
             experiment.run_fold(config, corpus, fold, tmp_path / fold.name, 0, torch.device("cpu"), progress=False)
         seen.append((fold, fitted[-1] if fitted else None, splits[-1]))

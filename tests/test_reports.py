@@ -84,3 +84,54 @@ def test_compare_takes_run_dirs_and_results_files(run, tmp_path):
     assert table[3].startswith("| casia-egemaps | casia | svm |")
     with pytest.raises(ATFNNError, match="no results.json"):
         compare([tmp_path / "missing"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Run layouts: a run made before fold sets (folds/ with absolute uids) and the exported layout (foldset.json, the
+# shared folds/ store, relative uids) give the same report and the same compare row.
+
+
+def old_layout_run(root: Path, run: Path) -> Path:
+    """A run directory as `atfnn train` wrote it before fold sets, with absolute uids throughout."""
+    from atfnn.config import load_config, save_config
+    from atfnn.corpora.base import Utterance
+    from atfnn.protocols import make_folds, write_folds
+
+    utts = [Utterance(root / s / label / f"{i}.wav", label, s) for s in "abc" for label in LABELS for i in range(2)]
+    folds = make_folds(utts)
+    write_folds(folds, utts, run)
+    save_config(load_config(None, ["corpus.name=synthetic", f"corpus.root={root}"]), run / "config.yaml")
+    (run / "run.json").write_text("{}")
+    for fold in folds:
+        pairs = [(Path(uid).parent.name, "angry") for uid in fold.test]
+        fake_fold(run, 0, fold.name, pairs)
+        rows = [{"uid": uid, "speaker": fold.name, "label": t, "pred": p} for uid, (t, p) in zip(fold.test, pairs)]
+        write_predictions(run / "seed-0" / fold.name / "predictions.csv", rows, LABELS)
+    return run
+
+
+def test_report_and_compare_read_the_old_layout_and_its_export(tmp_path, capsys):
+    from atfnn.cli import main
+
+    root = tmp_path / "corpus"
+    old = old_layout_run(root, tmp_path / "runs" / "old")
+    assert main(["report", str(old), "--export", str(tmp_path / "results" / "new")]) == 0
+    new = tmp_path / "results" / "new"
+    assert (new / "foldset.json").is_file() and not (new / "folds").exists()
+    assert len(list((tmp_path / "results" / "folds").iterdir())) == 1
+    exported = (new / "results.json").read_text()
+    assert main(["report", str(new)]) == 0, "the exported copy reports from its fold set alone"
+    before, after = json.loads(exported), json.loads((new / "results.json").read_text())
+    assert after == before and after["uar"] == pytest.approx(50.0) and after["folds_expected"] == 3
+    rows = compare([old, new]).splitlines()[2:]
+    assert rows[0].removeprefix("| old ") == rows[1].removeprefix("| new ")
+    text = "".join(p.read_text() for p in (tmp_path / "results").rglob("*.*") if p.suffix in (".csv", ".jsonl"))
+    assert str(root) not in text, "no machine path in the exported predictions and fold files"
+    capsys.readouterr()
+
+
+def test_a_folder_without_folds_is_not_a_run(tmp_path):
+    from atfnn.reports import run_labels
+
+    with pytest.raises(ATFNNError, match="foldset.json"):
+        run_labels(tmp_path)
