@@ -12,7 +12,7 @@ from atfnn.serve.settings import ServeSettings, settings_from_args
 def _require_serve_extra() -> None:
     try:
         import fastapi  # noqa: F401
-        import multipart  # noqa: F401  (python-multipart: FastAPI's form parser)
+        import python_multipart  # noqa: F401  (FastAPI's form parser)
         import uvicorn  # noqa: F401
     except ImportError as e:
         raise ATFNNError(f"atfnn serve needs the serve extra ({e.name} is missing): pip install 'atfnn[serve]'") from e
