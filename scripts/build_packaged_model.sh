@@ -4,7 +4,7 @@
 # copy its weights and write its card (training data, licence terms, labels, the cross-validated UAR).
 #
 #   scripts/build_packaged_model.sh                  # CASIA at ../shared/data/casia, run in runs/packaged-casia
-#   CASIA=/data/casia PYTHON=.venv/bin/python scripts/build_packaged_model.sh
+#   CASIA=/data/casia PYTHON=.venv/bin/python THREADS=1 scripts/build_packaged_model.sh
 #   STAGE=package scripts/build_packaged_model.sh    # only the second step, from an already trained run
 #
 # When a better configuration lands, set CONFIG and CV to it and rerun; the card takes its numbers from CV.
@@ -15,6 +15,7 @@ CASIA=${CASIA:-../shared/data/casia}
 CONFIG=${CONFIG:-configs/casia_atfnn.yaml}
 CV=${CV:-results/casia-atfnn}             # the exported cross-validated run: epoch count and UAR
 PRECISION=${PRECISION:-bf16-lstm}         # bf16 autocast in the Bi-LSTM only: fp32's accuracy (docs/performance.md)
+THREADS=${THREADS:-0}                     # torch threads, 0 = its default; 1 on a machine other jobs keep busy
 RUN=${RUN:-runs/packaged-casia}
 OUT=${OUT:-atfnn/packaged/casia-atfnn}
 STAGE=${STAGE:-all}                       # all | package
@@ -24,6 +25,6 @@ if [ "$STAGE" = all ]; then
   EPOCHS=$("$PYTHON" -c "from atfnn.experiment import final_epochs; print(final_epochs('$CV'))")
   echo "training $CONFIG on all speakers for $EPOCHS epochs (median kept epoch of $CV), precision $PRECISION"
   nice -n 10 "$PYTHON" -m atfnn train "$CONFIG" --final --epochs "$EPOCHS" --out "$RUN" --no-progress \
-    --set corpus.root="$CASIA" --set train.precision="$PRECISION"
+    --set corpus.root="$CASIA" --set train.precision="$PRECISION" --set train.threads="$THREADS"
 fi
 "$PYTHON" -m atfnn.packaged.build "$RUN/final/model" --cv "$CV" --config "$CONFIG" --out "$OUT"

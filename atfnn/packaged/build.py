@@ -42,6 +42,7 @@ def cv_summary(cv_dir: Path) -> dict:
         "uar_std_seeds": round(r["uar_std_seeds"], 2),
         "uar_per_speaker": per_speaker_uar(folds),
         "labels": r["labels"],
+        "utterances": r["n"] // max(1, len(r["seeds"])),  # every utterance is tested once per seed
         "precision": r.get("config", {}).get("train", {}).get("precision", "fp32"),
     }
 
@@ -68,7 +69,7 @@ def build_card(model_info: dict, train_config: dict, config_path: str, cv: dict,
         "task": "speech emotion recognition, one label per recording (mean of 1.28 s segment posteriors)",
         "training_data": {
             "corpus": "CASIA (public 1200-utterance subset)", "speakers": sorted(cv["uar_per_speaker"]),
-            "utterances": 1200, "language": "Mandarin Chinese", "sample_rate": 16000,
+            "utterances": cv["utterances"], "language": "Mandarin Chinese", "sample_rate": 16000,
         },
         "licence": CASIA_TERMS,
         "not_included": EMODB_NOTE,
