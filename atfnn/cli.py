@@ -238,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("predict", help="emotion of audio files with a trained model")
-    p.add_argument("model", nargs="?",
-                   help="a model directory (e.g. RUN/seed-0/<fold>/model) or an .onnx file (default: the packaged model)")
+    p.add_argument("model", nargs="?", help="a model directory (e.g. RUN/seed-0/<fold>/model) or an .onnx file "
+                                            "(default: the packaged model)")
     p.add_argument("inputs", nargs="+", help="audio files or directories (walked recursively)")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--timeline", action="store_true", help="per-segment probabilities over time")
@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from atfnn.serve.settings import add_arguments as add_serve_arguments
 
-    p = sub.add_parser("serve", help="HTTP API and web page for a model (default: the packaged one); needs atfnn[serve]")
+    p = sub.add_parser("serve", help="HTTP API and web page for a model (default: the packaged one)")
     add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)
 

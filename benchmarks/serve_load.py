@@ -159,7 +159,8 @@ def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, load average {m['loadavg_at_start']} at start; "
              f"{m['time']}; model {results['model']}; {results['workers']} worker(s); 3 s WAV files.", "",
-             "| Clients | Requests | Req/s | p50 (s) | p95 (s) | Errors | /healthz probes | failed | p95 (s) | max (s) |",
+             "| Clients | Requests | Req/s | p50 (s) | p95 (s) | Errors | /healthz probes | failed | p95 (s) "
+             "| max (s) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["levels"]:
         lines.append(f"| {r['clients']} | {r['requests']} | {r['requests_per_s']:.2f} | {r['p50_s']:.3f} | "

@@ -149,7 +149,7 @@ def test_predict_equals_the_library_and_omits_the_timeline_unless_asked(client, 
 
 def test_predict_timeline_covers_the_file(client, wav3):
     timeline = post(client, "/api/predict", wav3, timeline="true").json()["timeline"]
-    assert len(timeline) == 4  # 300 frames: starts 0, 64, 128 and the end-aligned 172
+    assert len(timeline) == 4  # 301 frames: starts 0, 64, 128 and the end-aligned 173
     assert timeline[0]["start"] == 0.0 and timeline[-1]["end"] == pytest.approx(3.0, abs=1e-3)
     assert all(s["label"] == max(s["probs"], key=s["probs"].get) for s in timeline)
 

@@ -13,6 +13,7 @@ request without a file, 503 when the queue is full.
 """
 from __future__ import annotations
 
+import json
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,6 +63,17 @@ class Served:
             return attention_maps(self.predictor, wave, self.predictor.frontend.sample_rate)
         except AudioError as e:
             raise from_audio_error(e, upload.name) from None
+
+    def explain_json(self, upload: Upload, arrays: bool) -> bytes:
+        """Serialised here, in the worker: the arrays of a long file are millions of numbers, too many for the loop."""
+        explanation = self.explain(upload)
+        body = {**_prediction_json(upload, explanation.prediction, True), **explanation_json(explanation, arrays)}
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def explain_png(self, upload: Upload) -> bytes:
+        explanation = self.explain(upload)
+        p = explanation.prediction
+        return figure_png(explanation, f"{upload.name}: {p.label} (p = {p.confidence:.2f})")
 
 
 def create_app(predictor: Predictor, settings: ServeSettings | None = None, name: str = "model") -> FastAPI:
@@ -129,13 +141,9 @@ def _add_routes(app: FastAPI, served: Served) -> None:
         if format not in ("json", "png"):
             raise ApiError(400, "bad_request", f"format must be json or png, not {format!r}")
         upload = await read_upload(file)
-        explanation = await served.pool.run(served.explain, upload)
         if format == "png":
-            p = explanation.prediction
-            png = await served.pool.run(figure_png, explanation, f"{upload.name}: {p.label} (p = {p.confidence:.2f})")
-            return Response(png, media_type="image/png")
-        body = await served.pool.run(explanation_json, explanation, arrays)
-        return {**_prediction_json(upload, explanation.prediction, True), **body}
+            return Response(await served.pool.run(served.explain_png, upload), media_type="image/png")
+        return Response(await served.pool.run(served.explain_json, upload, arrays), media_type="application/json")
 
 
 def _add_error_handlers(app: FastAPI) -> None:
