@@ -3,6 +3,7 @@ and 16 concurrent clients, and whether GET /healthz keeps answering while the wo
 
     python benchmarks/serve_load.py                          # the packaged model, a fresh server on a free port
     python benchmarks/serve_load.py --model RUN/.../model --workers 2 --out benchmarks/results/serve
+    python benchmarks/serve_load.py --random-weights configs/casia_atfnn.yaml    # the paper network, any weights
     python benchmarks/serve_load.py --clients 1 4 --requests 8 --time-limit 20     # a quick look
 
 Bounded: each level stops after --requests requests or --time-limit seconds, whichever comes first, and the server it
@@ -19,10 +20,12 @@ import io
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -169,9 +172,27 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def random_model(config: str, directory: Path) -> str:
+    """The network of an experiment YAML with seeded random weights: what a request costs does not depend on them."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from atfnn.checkpoint import save_model
+    from atfnn.config import load_config
+    from atfnn.model import build_model
+
+    cfg = load_config(config)
+    torch.manual_seed(0)
+    labels = ["angry", "fear", "happy", "neutral", "sad", "surprise"]
+    return str(save_model(build_model(cfg.model, len(labels)), labels, cfg.frontend, directory / "model",
+                          {"note": f"random weights, {config}"}))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model directory (default: the packaged model)")
+    parser.add_argument("--random-weights", metavar="CONFIG",
+                        help="serve this experiment YAML's network with random weights instead of --model")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--requests", type=int, default=48, help="most requests per level")
     parser.add_argument("--time-limit", type=float, default=40.0, help="most seconds per level")
@@ -180,10 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="directory for results.json and results.md")
     args = parser.parse_args(argv)
 
+    if args.random_weights:
+        args.model = random_model(args.random_weights, Path(tempfile.mkdtemp(prefix="atfnn-serve-load-")))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"atfnn-serve-load-{port}.log"
-    results = {"machine": machine(), "model": args.model or "packaged", "workers": args.workers, "levels": []}
+    model_name = f"{args.random_weights} (random weights)" if args.random_weights else args.model or "packaged"
+    results = {"machine": machine(), "model": model_name, "workers": args.workers, "levels": []}
     process = start_server(args.model, port, args.workers, log)
     try:
         wait_until_up(url, process, log)
@@ -196,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         process.terminate()
         process.wait(timeout=30)
         log.unlink(missing_ok=True)
+        if args.random_weights:
+            shutil.rmtree(Path(args.model).parent, ignore_errors=True)
     print(markdown(results))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import os
 import shutil
 import socket
@@ -431,3 +432,16 @@ def test_the_page_classifies_a_casia_file_in_chromium(live_server, casia_root, t
     assert label in LABELS and sorted(bars) == sorted(LABELS) and bars[0] == label  # sorted, the decision first
     assert sum(widths) == pytest.approx(100, abs=0.5) and widths == sorted(widths, reverse=True)
     assert shot.stat().st_size > 10_000
+
+
+def test_the_load_benchmark_runs_each_level_and_stops(model_dir, tmp_path):
+    from conftest import load_script
+
+    bench = load_script("benchmarks/serve_load.py")
+    argv = ["--model", str(model_dir), "--clients", "1", "3", "--requests", "4", "--time-limit", "60",
+            "--health-limit", "60", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    levels = json.loads((tmp_path / "results.json").read_text())["levels"]
+    assert [(r["clients"], r["requests"], r["errors"], r["healthz_failures"]) for r in levels] == [
+        (1, 4, 0, 0), (3, 4, 0, 0)]
+    assert all(r["p50_s"] <= r["p95_s"] for r in levels) and "| 3 | 4 |" in (tmp_path / "results.md").read_text()
