@@ -195,6 +195,14 @@ def test_explain_marks_maps_a_variant_does_not_have(tmp_path, wav3):
     assert panels["f_attention"] is None and panels["t_attention"] is None and panels["spectrogram"]
 
 
+def test_a_model_without_the_pytorch_network_predicts_but_does_not_explain(predictor, wav3):
+    logits_only = atfnn.Predictor(predictor.backend, predictor.card)  # what an ONNX file loads as
+    with TestClient(create_app(logits_only)) as c:
+        assert c.get("/api/model").json()["attention"] is False
+        assert post(c, "/api/predict", wav3).status_code == 200
+        assert "ONNX" in assert_error(post(c, "/api/explain", wav3), 501, "no_attention")
+
+
 # ----------------------------------------------------------------------------------------------------- bad input
 BAD_AUDIO = {
     "empty": (b"", "file is empty"),
