@@ -15,12 +15,13 @@ PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 $(BASE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) "$(TORCH)"
-	$(PIP) -e .
+	$(PIP) -e ".[serve]"
 	touch $(BASE)
 
-# Test extras: pytest, openSMILE (baselines), onnx/onnxruntime (export), pytest-benchmark.
+# Test extras: pytest, httpx and playwright (serve tests), openSMILE (baselines), onnx/onnxruntime (export),
+# pytest-benchmark; the base install already has the serve extra, so `atfnn serve` works after `make demo`.
 $(FULL): $(BASE)
-	$(PIP) -e ".[test,baselines,export,bench]"
+	$(PIP) -e ".[serve,test,baselines,export,bench]"
 	touch $(FULL)
 
 venv: $(FULL)

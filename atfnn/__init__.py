@@ -1,14 +1,32 @@
 """atfnn: attentive time-frequency neural network for speech emotion recognition.
 
     import atfnn
+    result = atfnn.load().predict("speech.wav")              # the packaged CASIA model (atfnn/packaged)
     result = atfnn.load("runs/casia/seed-0/liuchanhg/model").predict("speech.wav")
     print(result.label, result.probs)
 """
 __version__ = "0.1.0"
 
+from pathlib import Path
+
+import torch
+
 from atfnn.audio import load_audio, log_mel_spectrogram
-from atfnn.inference import Failure, Prediction, Predictor, Segment, load
+from atfnn.inference import Failure, Prediction, Predictor, Segment
+from atfnn.inference import load as _load_path
 from atfnn.model import ATFNN, build_model
+
+
+def load(
+    path: str | Path | None = None, device: str | torch.device | None = None, backend: str | None = None
+) -> Predictor:
+    """A Predictor for a model directory or .onnx file (atfnn.inference.load); without a path, the packaged model."""
+    if path is None:
+        from atfnn.packaged import packaged_model_dir
+
+        path = packaged_model_dir()
+    return _load_path(path, device=device, backend=backend)
+
 
 __all__ = [
     "ATFNN",

@@ -179,7 +179,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    return predict_main(args.model, args.inputs, format=args.format, timeline=args.timeline, backend=args.backend,
+    from atfnn.packaged import split_model_argument
+
+    model, inputs = split_model_argument(args.model, args.inputs)
+    return predict_main(model, inputs, format=args.format, timeline=args.timeline, backend=args.backend,
                         device=args.device)
 
 
@@ -285,7 +288,12 @@ WRITERS = {"table": _write_table, "json": _write_json, "csv": _write_csv}
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from atfnn.explain import explain_corpus_main, explain_main
+    from atfnn.packaged import split_model_argument
 
+    model, audio = split_model_argument(args.model, [args.audio] if args.audio else [])
+    if len(audio) > 1:
+        raise ATFNNError(f"{args.model}: not a model directory (no model.json); atfnn explain takes one AUDIO file")
+    args.model, args.audio = model, (audio[0] if audio else None)
     _torch_model_dir(args.model)
     if args.corpus:
         return explain_corpus_main(
@@ -303,6 +311,12 @@ def _torch_model_dir(path: str) -> None:
             f"{path}: atfnn explain reads the attention maps of the PyTorch network, which an .onnx file does not "
             "keep; pass the model directory it was exported from"
         )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from atfnn.serve.main import serve_main
+
+    return serve_main(args)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -385,7 +399,8 @@ def _add_experiment_commands(sub) -> None:
 def _add_model_commands(sub) -> None:
     """predict, explain, export: the commands that use a trained model."""
     p = sub.add_parser("predict", help="emotion of audio files with a trained model")
-    p.add_argument("model", help="a model directory (e.g. RUN/seed-0/<fold>/model) or an .onnx file")
+    p.add_argument("model", nargs="?", help="a model directory (e.g. RUN/seed-0/<fold>/model) or an .onnx file "
+                                            "(default: the packaged model)")
     p.add_argument("inputs", nargs="+", help="audio files or directories (walked recursively)")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--timeline", action="store_true", help="per-segment probabilities over time")
@@ -394,13 +409,19 @@ def _add_model_commands(sub) -> None:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("explain", help="Fig. 6: log-Mel, F- and T-Attention of a file, or per-emotion profiles")
-    p.add_argument("model")
+    p.add_argument("model", nargs="?", help="a model directory (default: the packaged model)")
     p.add_argument("audio", nargs="?")
     p.add_argument("--corpus", metavar="CONFIG", help="average F-Attention per emotion over this config's corpus")
     p.add_argument("--out", required=True, help="PNG file (one audio) or directory (--corpus)")
     p.add_argument("--limit-per-class", type=_positive, help="with --corpus: at most N utterances per emotion")
     p.add_argument("--speaker", action="append", help="with --corpus: only these speakers (a fold's test speaker)")
     p.set_defaults(func=cmd_explain)
+
+    from atfnn.serve.settings import add_arguments as add_serve_arguments
+
+    p = sub.add_parser("serve", help="HTTP API and web page for a model (default: the packaged one)")
+    add_serve_arguments(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="export the network to ONNX")
     p.add_argument("model")

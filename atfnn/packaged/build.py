@@ -1,0 +1,142 @@
+"""Turn a `atfnn train --final` model into the packaged one: copy the weights, write the model card.
+
+    python -m atfnn.packaged.build RUN/final/model --cv results/casia-atfnn --config configs/casia_atfnn.yaml \
+        --out atfnn/packaged/casia-atfnn
+
+The card's numbers are the cross-validated run's (`--cv`, an exported run with results.json): the packaged model is
+trained on every speaker, so it has no held-out score of its own; the cross-validation of the same configuration is
+the estimate of how it does on a new speaker.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from atfnn.checkpoint import load_model, save_model
+from atfnn.errors import ATFNNError
+
+CARD_FILE = "README.md"
+CASIA_TERMS = ("CASIA Chinese emotional speech corpus, public 1200-utterance subset (4 speakers, 6 emotions): "
+               "copyright of the Institute of Automation, Chinese Academy of Sciences; for research use. These "
+               "weights are derived from it, so the same terms apply to them: research use only. atfnn's code is MIT.")
+EMODB_NOTE = ("EmoDB is not in this model: its copy was replaced by the full-length recordings and its numbers are "
+              "being measured again; a model trained on both corpora is left for when they are.")
+
+
+def cv_summary(cv_dir: Path) -> dict:
+    """UAR/WAR of the cross-validated run as reported in its results.json, with where they come from."""
+    path = cv_dir / "results.json"
+    if not path.is_file():
+        raise ATFNNError(f"{cv_dir}: no results.json; pass an exported cross-validated run (e.g. results/casia-atfnn)")
+    r = json.loads(path.read_text())
+    folds = r["folds"]
+    return {
+        "source": str(path),
+        "protocol": f"leave-one-speaker-out, {len({f['test'] for f in folds})} folds, {len(r['seeds'])} seed(s)",
+        "uar": round(r["uar"], 2), "war": round(r["war"], 2),
+        "uar_std_seeds": round(r["uar_std_seeds"], 2),
+        "uar_per_speaker": per_speaker_uar(folds),
+        "labels": r["labels"],
+        "utterances": r["n"] // max(1, len(r["seeds"])),  # every utterance is tested once per seed
+        "precision": r.get("config", {}).get("train", {}).get("precision", "fp32"),
+    }
+
+
+def per_speaker_uar(folds: list[dict]) -> dict[str, float]:
+    """Mean over seeds of each test speaker's fold UAR."""
+    by_speaker: dict[str, list[float]] = {}
+    for fold in folds:
+        by_speaker.setdefault(fold["test"], []).append(fold["uar"])
+    return {speaker: round(sum(v) / len(v), 2) for speaker, v in sorted(by_speaker.items())}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def build_card(model_info: dict, train_config: dict, config_path: str, cv: dict, n_params: int) -> dict:
+    return {
+        "name": "casia-atfnn",
+        "task": "speech emotion recognition, one label per recording (mean of 1.28 s segment posteriors)",
+        "training_data": {
+            "corpus": "CASIA (public 1200-utterance subset)", "speakers": sorted(cv["uar_per_speaker"]),
+            "utterances": cv["utterances"], "language": "Mandarin Chinese", "sample_rate": 16000,
+        },
+        "licence": CASIA_TERMS,
+        "not_included": EMODB_NOTE,
+        "configuration": config_path,
+        "training": {"epochs": model_info.get("epochs"), "seed": model_info.get("seed"),
+                     "precision": train_config.get("precision"), "speakers": "all (--final)"},
+        "parameters": n_params,
+        "cross_validated": cv,
+        "caveat": ("Trained on 4 actors reading 50 sentences in 6 acted emotions: expect much less than the "
+                   "cross-validated figure on other speakers, languages, microphones or spontaneous speech."),
+        "built_from_commit": git_commit(),
+    }
+
+
+def card_markdown(card: dict, labels: list[str]) -> str:
+    cv = card["cross_validated"]
+    per_speaker = ", ".join(f"{s} {u:.2f}" for s, u in cv["uar_per_speaker"].items())
+    return f"""# Packaged model: {card['name']}
+
+ATFNN, the paper configuration (`{card['configuration']}`), trained with `atfnn train --final` on all
+{len(card['training_data']['speakers'])} speakers of CASIA for {card['training']['epochs']} epochs
+(precision {card['training']['precision']}, seed {card['training']['seed']}), {card['parameters']:,} parameters,
+fp32 weights. Built by `scripts/build_packaged_model.sh` at commit {card['built_from_commit']}.
+
+- **Labels**: {', '.join(labels)}.
+- **Training data**: {card['training_data']['corpus']}, {card['training_data']['utterances']} utterances, speakers
+  {', '.join(card['training_data']['speakers'])}; {card['training_data']['language']}, 16 kHz.
+- **Licence terms**: {card['licence']}
+- **Measured**: cross-validated UAR {cv['uar']:.2f} % (WAR {cv['war']:.2f} %, ± {cv['uar_std_seeds']:.2f} over seeds),
+  {cv['protocol']}, from `{cv['source']}` (the same configuration in {cv['precision']}; this model, trained on
+  every speaker, has no held-out score of its own). Per test speaker: {per_speaker}. Chance is
+  {100 / len(labels):.1f} %; the paper reports 48.75.
+- **Not included**: {card['not_included']}
+- **Caveat**: {card['caveat']}
+"""
+
+
+def build(model_dir: Path, cv_dir: Path, config_path: str, out: Path) -> Path:
+    model, card = load_model(model_dir)
+    cv = cv_summary(cv_dir)
+    if cv["labels"] != card.labels:
+        raise ATFNNError(f"{model_dir}: labels {card.labels} differ from {cv_dir}'s {cv['labels']}")
+    config_file = model_dir.parent / "config.yaml"
+    train_config = yaml.safe_load(config_file.read_text())["train"] if config_file.is_file() else {}
+    n_params = sum(p.numel() for p in model.parameters())
+    model_card = build_card(card.info, train_config, config_path, cv, n_params)
+    save_model(model.float(), card.labels, card.frontend, out, info={**card.info, "name": model_card["name"],
+                                                                     "card": model_card})
+    (out / CARD_FILE).write_text(card_markdown(model_card, card.labels))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m atfnn.packaged.build", description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path, help="the --final model directory (RUN/final/model)")
+    parser.add_argument("--cv", type=Path, required=True, help="the exported cross-validated run of the same config")
+    parser.add_argument("--config", required=True, help="the experiment YAML it was trained with (named in the card)")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        out = build(args.model, args.cv, args.config, args.out)
+    except (ATFNNError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"packaged model written to {out} ({out / CARD_FILE})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The packaged model: `atfnn.load()` and the CLI without a model argument. One test loads the real packaged model and
+predicts a CASIA file; the others point the packaged location at a tiny random-init model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+
+import atfnn
+import atfnn.packaged as packaged
+from atfnn.checkpoint import WEIGHTS, read_card, save_model
+from atfnn.cli import main
+from atfnn.config import FrontEndConfig, ModelConfig
+from atfnn.errors import ATFNNError
+from atfnn.model import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+CASIA_LABELS = ["angry", "fear", "happy", "neutral", "sad", "surprise"]
+
+
+def test_the_packaged_model_loads_and_predicts_a_casia_file(casia_root):
+    predictor = atfnn.load(device="cpu")
+    assert predictor.labels == CASIA_LABELS and predictor.card.model.variant == "atfnn"
+    weights = load_file(str(packaged.PACKAGED_DIR / WEIGHTS))
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float32}  # shipped in fp32
+    result = predictor.predict(casia_root / "wangzhe" / "angry" / "201.wav")
+    assert result.label in CASIA_LABELS and sum(result.probs.values()) == pytest.approx(1.0)
+    assert result.duration > 1.0 and len(result.timeline) >= 1
+
+
+def test_the_packaged_card_states_data_licence_labels_and_the_cross_validated_uar():
+    card = read_card(packaged.packaged_model_dir()).info["card"]
+    cv = json.loads((REPO / "results" / "casia-atfnn" / "results.json").read_text())
+    assert card["cross_validated"]["uar"] == round(cv["uar"], 2)
+    assert card["cross_validated"]["labels"] == CASIA_LABELS
+    assert "Institute of Automation" in card["licence"] and "research use" in card["licence"]
+    assert "EmoDB" in card["not_included"]
+    assert card["training_data"]["speakers"] == sorted({f["test"] for f in cv["folds"]})
+    readme = (packaged.PACKAGED_DIR / "README.md").read_text()
+    assert f"{round(cv['uar'], 2):.2f}" in readme and ", ".join(CASIA_LABELS) in readme
+
+
+# ----------------------------------------------------------------------------------------------------- no argument
+@pytest.fixture
+def tiny_packaged(tmp_path, monkeypatch) -> Path:
+    """Make a tiny random-init model the packaged one for this test."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(lstm_hidden=16, lstm_layers=1), len(CASIA_LABELS))
+    directory = save_model(model, CASIA_LABELS, FrontEndConfig(), tmp_path / "packaged", {"name": "tiny"})
+    monkeypatch.setattr(packaged, "PACKAGED_DIR", directory)
+    return directory
+
+
+@pytest.fixture
+def wav(tmp_path) -> Path:
+    t = np.arange(32000) / 16000
+    path = tmp_path / "speech.wav"
+    sf.write(path, (0.1 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32), 16000)
+    return path
+
+
+def test_load_without_a_path_is_the_packaged_model(tiny_packaged, wav):
+    assert atfnn.load(device="cpu").predict(wav).probs == atfnn.load(tiny_packaged, device="cpu").predict(wav).probs
+
+
+def test_predict_without_a_model_argument_uses_the_packaged_model(tiny_packaged, wav, capsys):
+    assert main(["predict", str(wav), str(wav), "--format", "json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["path"] for r in lines] == [str(wav), str(wav)] and set(lines[0]["probs"]) == set(CASIA_LABELS)
+    assert main(["predict", str(tiny_packaged), str(wav), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["probs"] == lines[0]["probs"]
+
+
+def test_explain_without_a_model_argument_uses_the_packaged_model(tiny_packaged, wav, tmp_path, capsys):
+    out = tmp_path / "fig.png"
+    assert main(["explain", str(wav), "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG" and "speech.wav" in capsys.readouterr().out
+
+
+def test_a_mistyped_model_is_reported_as_a_model_not_as_audio(tiny_packaged, wav, tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "runs" / "typo" / "model"), str(wav)]) == 2
+    assert "not an atfnn model directory" in capsys.readouterr().err
+    assert packaged.is_model_argument("missing.onnx") and not packaged.is_model_argument("missing.wav")
+    assert not packaged.is_model_argument(str(tmp_path))  # an existing folder without model.json holds audio
+
+
+def test_a_missing_packaged_model_names_the_build_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(packaged, "PACKAGED_DIR", tmp_path / "absent")
+    with pytest.raises(ATFNNError, match="scripts/build_packaged_model.sh"):
+        atfnn.load()
