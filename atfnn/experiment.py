@@ -34,8 +34,8 @@ from atfnn.foldsets import read_run_folds, write_run_folds
 from atfnn.frontend import NormStats, apply_stats, fit_global_stats
 from atfnn.protocols import Fold, inner_folds, make_folds, select_folds
 from atfnn.reports import atomic_write_text, finalise_run, write_predictions
-from atfnn.runtime import die_with_parent, peak_rss_mib, threads_per_job, tune_allocator
-from atfnn.training import CHECKPOINT, FoldResult, SplitData, evaluate, resolve_device, train_fold
+from atfnn.runtime import die_with_parent, peak_rss_mib, resolve_device, threads_per_job, tune_allocator
+from atfnn.training import CHECKPOINT, FoldResult, SplitData, evaluate, train_fold
 
 DONE = "done.json"
 SELECTION = "selection.json"  # inner-loso: the epoch count chosen for the outer fold, and the curves it came from
@@ -217,7 +217,7 @@ def setup_process(config: ExperimentConfig, threads: int | None = None) -> torch
     threads = threads if threads is not None else config.train.threads
     if threads > 0:
         torch.set_num_threads(threads)
-    return resolve_device(config.train.device)
+    return resolve_device(config.train.device, "train.device")
 
 
 def write_fold_set(config: ExperimentConfig, folds: Sequence[Fold], utterances: Sequence[Utterance], out: Path) -> None:

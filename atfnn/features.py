@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from atfnn.atomic import atomic_write_text
 from atfnn.audio import GATHER_CHUNK, gather_segments, load_audio, pad_value, segment_starts, spectrogram, split_hop, too_short
 from atfnn.config import FrontEndConfig
 from atfnn.corpora.base import Utterance
@@ -208,9 +209,7 @@ def _write_config(config_dir: Path, frontend: FrontEndConfig) -> None:
 
 
 def _write_json_atomic(path: Path, data: object) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}-{uuid.uuid4().hex}")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def _open_index(pack: Path) -> dict | None:

@@ -234,7 +234,7 @@ def render_report(results: dict[str, Any], title: str) -> str:
     if not complete:
         lines += [_incomplete_note(results, n_done, n_expected), ""]
     lines += [
-        f"| Database | Protocol | Method | WAR (%) | UAR (%) |",
+        "| Database | Protocol | Method | WAR (%) | UAR (%) |",
         "|---|---|---|---|---|",
         f"| {corpus} | {protocol_name} ({folds_text}) | {method.upper()} (ours, "
         f"{n_seeds} seed{'s' if n_seeds > 1 else ''}) | {pm(results['war'], results['war_std_seeds'])} | "

@@ -13,10 +13,8 @@ import copy
 import csv
 import io
 import math
-import os
 import random
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,12 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from atfnn.aggregate import aggregate
+from atfnn.atomic import atomic_path, atomic_write_text
 from atfnn.config import ModelConfig, TrainConfig
 from atfnn.errors import ConfigError, TrainingError
 from atfnn.metrics import uar, war
-from atfnn.atomic import atomic_write_text, fsync_dir as fsync_directory
 from atfnn.model import ATFNN, build_model
-from atfnn.runtime import resolve_device  # noqa: F401  (the one device resolver; experiment.py imports it from here)
 
 CHECKPOINT = "last.pt"
 TEMPORARY = ".last."  # prefix of a checkpoint being written
@@ -544,17 +541,8 @@ def _save_checkpoint(path: Path, trainer: Trainer, state: FoldState) -> None:
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         **{f.name: getattr(state, f.name) for f in fields(FoldState)},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
+    with atomic_path(path) as tmp:  # its temporary name starts with TEMPORARY, so a killed write is found
+        torch.save(payload, tmp)
 
 
 def _remove_temporaries(directory: Path) -> None:

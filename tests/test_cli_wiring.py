@@ -125,9 +125,12 @@ def test_report_rebuilds_a_run_and_exports_only_with_the_flag(trained, tmp_path,
     dest = tmp_path / "kept"
     assert main(["report", str(run), "--export", str(dest)]) == 0
     files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
-    assert capsys.readouterr().out.endswith(f"exported {len(files)} files to {dest}\n")
-    assert {"results.json", "report.md", "config.yaml", "folds/folds.json", f"seed-0/{SPEAKERS[0]}/predictions.csv",
+    shared = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "folds").rglob("*") if p.is_file())
+    assert capsys.readouterr().out.endswith(f"exported {len(files) + len(shared)} files to {dest}\n")
+    assert {"results.json", "report.md", "config.yaml", "foldset.json", f"seed-0/{SPEAKERS[0]}/predictions.csv",
             f"seed-0/{SPEAKERS[0]}/model/model.json"} <= set(files)
+    (foldset,) = {f.split("/")[1] for f in shared}  # the fold set goes once into the shared folds/ beside the run
+    assert f"folds/{foldset}/folds.json" in shared and json.loads((dest / "foldset.json").read_text())["foldset"] == foldset
     assert not [f for f in files if f.endswith(".safetensors")], "weights are not exported"
 
 

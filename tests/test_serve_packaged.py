@@ -84,7 +84,7 @@ def test_explain_without_a_model_argument_uses_the_packaged_model(tiny_packaged,
 
 def test_a_mistyped_model_is_reported_as_a_model_not_as_audio(tiny_packaged, wav, tmp_path, capsys):
     assert main(["predict", str(tmp_path / "runs" / "typo" / "model"), str(wav)]) == 2
-    assert "not an atfnn model directory" in capsys.readouterr().err
+    assert "model: does not exist; pass a model directory" in capsys.readouterr().err
     assert packaged.is_model_argument("missing.onnx") and not packaged.is_model_argument("missing.wav")
     assert not packaged.is_model_argument(str(tmp_path))  # an existing folder without model.json holds audio
 
