@@ -27,7 +27,8 @@ from atfnn.corpora.base import Utterance
 from atfnn.errors import ATFNNError, AudioError, ConfigError
 from atfnn.foldsets import has_folds, read_run_folds, write_run_folds
 from atfnn.protocols import Fold, make_folds, select_folds
-from atfnn.reports import atomic_write_text, finalise_run, run_labels, write_predictions
+from atfnn.atomic import atomic_write_text
+from atfnn.reports import finalise_run, run_labels, write_predictions
 
 FEATURE_SETS = {"eGeMAPSv02": "egemaps", "ComParE_2016": "compare"}  # openSMILE name -> method prefix
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)

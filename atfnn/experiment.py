@@ -33,7 +33,8 @@ from atfnn.errors import ConfigError, CorpusError
 from atfnn.foldsets import read_run_folds, write_run_folds
 from atfnn.frontend import NormStats, apply_stats, fit_global_stats
 from atfnn.protocols import Fold, inner_folds, make_folds, select_folds
-from atfnn.reports import atomic_write_text, finalise_run, write_predictions
+from atfnn.atomic import atomic_write_text
+from atfnn.reports import finalise_run, write_predictions
 from atfnn.runtime import die_with_parent, peak_rss_mib, resolve_device, threads_per_job, tune_allocator
 from atfnn.training import CHECKPOINT, FoldResult, SplitData, evaluate, train_fold
 

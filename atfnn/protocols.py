@@ -20,7 +20,7 @@ import numpy as np
 from atfnn.config import ProtocolConfig
 from atfnn.corpora.base import Utterance
 from atfnn.errors import ConfigError
-from atfnn.reports import atomic_write_text
+from atfnn.atomic import atomic_write_text
 
 PROTOCOLS = ("loso", "loso_session")
 VALIDATION_MODES = ("utterances", "speaker")

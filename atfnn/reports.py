@@ -120,8 +120,10 @@ def summarise_run(run_dir: str | Path, labels: Sequence[str], config: dict[str, 
         summary = summarise(per_fold, labels)
         seeds.append({"seed": int(seed), "war": summary["war"], "uar": summary["uar"]})
         confusion += np.asarray(summary["confusion"], dtype=np.int64)
+        predicted = {name: preds for name, _, preds in per_fold}
         for fold in summary["folds"]:
             extra = {k: v for k, v in fold_info[(seed, fold["test"])].items() if k in ("best_epoch", "epochs", "seconds")}
+            extra["pred_share"] = prediction_shares(predicted[fold["test"]], labels)
             extra |= curve_stats(run_dir / f"seed-{seed}" / fold["test"] / "log.csv", extra.get("best_epoch"))
             folds.append({"seed": int(seed), **fold, **extra})
     wars = np.array([s["war"] for s in seeds])
@@ -150,6 +152,14 @@ def summarise_run(run_dir: str | Path, labels: Sequence[str], config: dict[str, 
         "labels": list(labels),
         "config": config,
     }
+
+
+def prediction_shares(preds: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
+    """% of a test speaker's utterances given each class: a collapse onto one class shows as one large share."""
+    counts = {label: 0 for label in labels}
+    for p in preds:
+        counts[p] += 1
+    return {label: 100.0 * n / max(len(preds), 1) for label, n in counts.items()}
 
 
 def _missing_and_cost(all_folds: set[str], by_seed: dict, fold_info: dict, config: dict[str, Any]) -> dict:
@@ -263,6 +273,7 @@ def render_report(results: dict[str, Any], title: str) -> str:
             f"| {f['seed']} | {f['test']} | {f['n']} | {f['war']:.2f} | {f['uar']:.2f} | {f.get('best_epoch', '')} |"
         )
     lines += _curves_section(results["folds"])
+    lines += _shares_section(results["folds"], labels)
     cm = np.asarray(results["confusion"])
     norm = row_normalise(cm)
     lines += ["", "## Confusion matrix (rows: true, columns: predicted; % of the row, counts in brackets)", ""]
@@ -272,6 +283,19 @@ def render_report(results: dict[str, Any], title: str) -> str:
         cells = [f"{100 * norm[i, j]:.1f} ({cm[i, j]})" for j in range(len(labels))]
         lines.append(f"| **{label}** | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _shares_section(folds: Sequence[dict[str, Any]], labels: Sequence[str]) -> list[str]:
+    """Per test speaker, the share of its utterances given each class (runs made before this table lack it)."""
+    if not folds or not all("pred_share" in f for f in folds):
+        return []
+    lines = ["", "## Predicted classes per test speaker (% of the speaker's test utterances)", "",
+             "| Seed | Test | " + " | ".join(labels) + " | largest |", "|---" * (len(labels) + 3) + "|"]
+    for f in folds:
+        shares = f["pred_share"]
+        cells = " | ".join(f"{shares[label]:.1f}" for label in labels)
+        lines.append(f"| {f['seed']} | {f['test']} | {cells} | {max(shares.values()):.1f} |")
+    return lines
 
 
 def _curves_section(folds: Sequence[dict[str, Any]]) -> list[str]:

@@ -135,3 +135,13 @@ def test_a_folder_without_folds_is_not_a_run(tmp_path):
 
     with pytest.raises(ATFNNError, match="foldset.json"):
         run_labels(tmp_path)
+
+
+def test_the_report_gives_each_test_speakers_share_of_predicted_classes(run):
+    """A speaker whose predictions collapse onto one class must be visible: fold b predicts sad for 3 of its 4."""
+    results = finalise_run(run, LABELS, {"corpus": {"name": "casia"}, "model": {"variant": "atfnn"}})
+    shares = {f["test"]: f["pred_share"] for f in results["folds"]}
+    assert shares["a"] == pytest.approx({"angry": 100 / 3, "sad": 200 / 3})
+    assert shares["b"] == pytest.approx({"angry": 25.0, "sad": 75.0})
+    report = (run / "report.md").read_text()
+    assert "| 0 | b | 25.0 | 75.0 | 75.0 |" in report and "| 0 | a | 33.3 | 66.7 | 66.7 |" in report
