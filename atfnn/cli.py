@@ -85,7 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"final model trained on all speakers for {epochs} epochs: {model_dir}")
         return 0
     results = run_experiment(
-        config, args.out, folds=_split(args.folds), seeds=args.seeds, progress=not args.no_progress, jobs=args.jobs
+        config, args.out, folds=_split(args.folds), seeds=args.seeds, progress=not args.no_progress, jobs=args.jobs,
+        executor=args.executor, address=args.address,
     )
     print((Path(args.out) / "report.md").read_text())
     print(f"WAR {results['war']:.2f}  UAR {results['uar']:.2f}  ({args.out}/results.json)")
@@ -365,6 +366,9 @@ def _add_experiment_commands(sub) -> None:
     p.add_argument("--jobs", type=_positive, default=1,
                    help="folds trained at once, each in its own process with its share of the cores "
                         "(docs/performance.md)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: this machine (--jobs); ray: one Ray task per fold (docs/scale-out.md)")
+    p.add_argument("--address", help="with --executor ray: the Ray cluster to join (default: start a local one)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("prepare", help="compute (or reuse) the cached log-Mel features of a config's corpus")
