@@ -80,6 +80,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from atfnn.experiment import run_experiment, train_final
 
     config = _config(args)
+    if _distributed_final(args, config):
+        from atfnn.distributed.ddp import finish, is_main
+
+        model_dir, epochs = train_final(config, args.out, args.epochs, progress=not args.no_progress)
+        main = is_main()
+        finish()
+        if main:
+            print(f"final model trained on all speakers for {epochs} epochs by torchrun's processes: {model_dir}")
+        return 0
     if args.final:
         model_dir, epochs = train_final(config, args.out, args.epochs, progress=not args.no_progress)
         print(f"final model trained on all speakers for {epochs} epochs: {model_dir}")
@@ -91,6 +100,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     print((Path(args.out) / "report.md").read_text())
     print(f"WAR {results['war']:.2f}  UAR {results['uar']:.2f}  ({args.out}/results.json)")
     return 0
+
+
+def _distributed_final(args: argparse.Namespace, config) -> bool:
+    """Under torchrun: join the process group (one model on every process); only --final trains that way."""
+    from atfnn.distributed import ddp
+
+    if not ddp.launched():
+        return False
+    if not args.final:
+        from atfnn.errors import ConfigError
+
+        raise ConfigError("torchrun trains one model on several processes: use it with `atfnn train --final`; "
+                          "for folds in parallel use --jobs or --executor ray")
+    config.train.device = ddp.init_from_env(config.train.device)
+    return True
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

@@ -473,8 +473,11 @@ def train_final(
 ) -> tuple[Path, int]:
     """`atfnn train --final`: under the run's lock, a model on every speaker for `epochs` (default: final_epochs of
     the run) into RUN_DIR/final; returns its model directory and the epoch count."""
+    from atfnn.distributed import ddp
+
     run_dir = Path(run_dir)
-    with run_lock(run_dir):
+    # Under torchrun the processes train one model together: rank 0 holds the lock for all of them.
+    with run_lock(run_dir) if ddp.is_main() else contextlib.nullcontext():
         epochs = epochs or final_epochs(run_dir)
         return fit_final(config, run_dir / "final", epochs, progress, log), epochs
 
@@ -483,16 +486,21 @@ def fit_final(
     config: ExperimentConfig, out: str | Path, epochs: int, progress: bool = True, log: Callable[[str], None] = print
 ) -> Path:
     """Train one deployable model on every speaker of the corpus for a fixed number of epochs; returns its directory."""
+    from atfnn.distributed import ddp
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = setup_process(config)
-    corpus = prepare_corpus(config, progress=progress, log=log)
+    with ddp.main_first():  # under torchrun, rank 0 fills the feature cache that the others then read
+        corpus = prepare_corpus(config, progress=progress and ddp.is_main(), log=log)
     data = fold_data(config, corpus, [u.uid for u in corpus.utterances], (), (), device)
     log(f"final model: {len(corpus.utterances)} utterances, {epochs} epochs ({device})")
     result = train_fold(
         config.model, config.train, corpus.labels, data.train, None, out / "work", config.train.seed, device, epochs,
-        progress, log=log,
+        progress and ddp.is_main(), log=log,
     )
+    if not ddp.is_main():
+        return out / "model"
     model_dir = save_model(
         result.model, corpus.labels, config.frontend, out / "model",
         info={"corpus": config.corpus.name, "speakers": "all", "epochs": epochs, "seed": config.train.seed},
