@@ -102,6 +102,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from atfnn.distributed.ray_executor import import_ray
+
+    import_ray()  # a clear message without the extra, before any corpus is read
+    from atfnn.distributed.tune import run_tune
+
+    run_tune(_config(args), args.space, args.trials, args.out, fold=args.fold, address=args.address)
+    return 0
+
+
 def _distributed_final(args: argparse.Namespace, config) -> bool:
     """Under torchrun: join the process group (one model on every process); only --final trains that way."""
     from atfnn.distributed import ddp
@@ -394,6 +404,15 @@ def _add_experiment_commands(sub) -> None:
                    help="local: this machine (--jobs); ray: one Ray task per fold (docs/scale-out.md)")
     p.add_argument("--address", help="with --executor ray: the Ray cluster to join (default: start a local one)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", help="search open choices on Ray Tune (Optuna, ASHA); inner-LOSO objective")
+    _experiment_args(p)
+    p.add_argument("--space", required=True, help="YAML of config keys and distributions (docs/scale-out.md)")
+    p.add_argument("--trials", type=_positive, default=8, help="configurations to try")
+    p.add_argument("--out", required=True, help="directory for trials.csv, best.yaml and the trials' work")
+    p.add_argument("--fold", help="the outer fold whose training speakers the search uses (default: the first)")
+    p.add_argument("--address", help="the Ray cluster to join (default: start a local one)")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("prepare", help="compute (or reuse) the cached log-Mel features of a config's corpus")
     _experiment_args(p)

@@ -2,6 +2,7 @@
 worker retried and resumed, a killed driver finished by a rerun."""
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -19,7 +20,8 @@ ray = require_extra("ray", "distributed")
 
 from atfnn.corpora.synthetic import SyntheticSpec, generate  # noqa: E402
 from atfnn.distributed.ray_executor import WORKER_PID, task_resources  # noqa: E402
-from atfnn.experiment import DONE, run_experiment  # noqa: E402
+from atfnn.experiment import DONE, prepare_corpus, run_experiment  # noqa: E402
+from atfnn.protocols import make_folds  # noqa: E402
 from tests.test_experiment import tiny_config  # noqa: E402
 
 # One thread per fold, so that the serial reference and the Ray tasks sum in the same order; 3 epochs leave a
@@ -126,3 +128,25 @@ def test_a_killed_driver_is_finished_by_rerunning_the_command(cluster, corpus, c
     run_experiment(config, out, progress=False, executor="ray", log=lambda m: None)
     assert predictions(out) == predictions(reference)
     assert (out / "results.json").is_file()
+
+
+def test_tune_runs_two_trials_on_training_speakers_and_writes_a_trainable_best_config(cluster, corpus, cache,
+                                                                                       tmp_path):
+    from atfnn.config import load_config
+    from atfnn.distributed.tune import BEST, TRIALS, run_tune
+
+    space = tmp_path / "space.yaml"
+    space.write_text("train.lr: {loguniform: [1.0e-4, 1.0e-2]}\nmodel.head_dropout: {choice: [0.0, 0.2]}\n")
+    out = tmp_path / "tune"
+    best = run_tune(tiny_config(corpus, cache, "train.threads=1", "train.epochs=1"), space, 2, out,
+                    log=lambda m: None)
+    rows = list(csv.DictReader((out / TRIALS).open()))
+    assert len(rows) == 2 and {"train.lr", "model.head_dropout", "score"} <= set(rows[0])
+    # The trials trained the inner folds of the first outer fold only: its test speaker is never among them.
+    config = tiny_config(corpus, cache)
+    folds = make_folds(prepare_corpus(config, progress=False, log=lambda m: None).utterances, config.protocol)
+    trained = {p.name for p in out.glob("trials/*/*")}
+    assert trained == {f.name for f in folds[1:]}, "one inner fold per training speaker, none for the test one"
+    chosen = load_config(out / BEST)
+    assert chosen.train.lr == pytest.approx(best["train.lr"]) and chosen.model.head_dropout == best["model.head_dropout"]
+    assert float(rows[0]["score"]) == pytest.approx(best["score"])
