@@ -148,5 +148,6 @@ def test_tune_runs_two_trials_on_training_speakers_and_writes_a_trainable_best_c
     trained = {p.name for p in out.glob("trials/*/*")}
     assert trained == {f.name for f in folds[1:]}, "one inner fold per training speaker, none for the test one"
     chosen = load_config(out / BEST)
-    assert chosen.train.lr == pytest.approx(best["train.lr"]) and chosen.model.head_dropout == best["model.head_dropout"]
+    assert chosen.train.lr == pytest.approx(best["train.lr"])
+    assert chosen.model.head_dropout == best["model.head_dropout"]
     assert float(rows[0]["score"]) == pytest.approx(best["score"])

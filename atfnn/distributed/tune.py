@@ -49,7 +49,8 @@ def read_space(path: str | Path) -> dict[str, dict]:
             raise ConfigError(f"{path}: {key}: expected one of {', '.join(KINDS)} with its arguments, got {spec!r}")
         kind, args = next(iter(spec.items()))
         if not isinstance(args, list) or (kind != "choice" and len(args) != 2) or not args:
-            raise ConfigError(f"{path}: {key}.{kind}: expected a list ({'[low, high]' if kind != 'choice' else 'of values'})")
+            shape = "[low, high]" if kind != "choice" else "of values"
+            raise ConfigError(f"{path}: {key}.{kind}: expected a list ({shape})")
     return space
 
 
