@@ -19,9 +19,9 @@ $(BASE): pyproject.toml
 	touch $(BASE)
 
 # Test extras: pytest, httpx and playwright (serve tests), openSMILE (baselines), onnx/onnxruntime (export),
-# pytest-benchmark; the base install already has the serve extra, so `atfnn serve` works after `make demo`.
+# pytest-benchmark, Ray and Optuna (distributed); the base install already has the serve extra, so `atfnn serve` works after `make demo`.
 $(FULL): $(BASE)
-	$(PIP) -e ".[serve,test,baselines,export,bench]"
+	$(PIP) -e ".[serve,test,baselines,export,bench,distributed]"
 	touch $(FULL)
 
 venv: $(FULL)

@@ -80,16 +80,51 @@ def cmd_train(args: argparse.Namespace) -> int:
     from atfnn.experiment import run_experiment, train_final
 
     config = _config(args)
+    if _distributed_final(args, config):
+        from atfnn.distributed.ddp import finish, is_main
+
+        model_dir, epochs = train_final(config, args.out, args.epochs, progress=not args.no_progress)
+        main = is_main()
+        finish()
+        if main:
+            print(f"final model trained on all speakers for {epochs} epochs by torchrun's processes: {model_dir}")
+        return 0
     if args.final:
         model_dir, epochs = train_final(config, args.out, args.epochs, progress=not args.no_progress)
         print(f"final model trained on all speakers for {epochs} epochs: {model_dir}")
         return 0
     results = run_experiment(
-        config, args.out, folds=_split(args.folds), seeds=args.seeds, progress=not args.no_progress, jobs=args.jobs
+        config, args.out, folds=_split(args.folds), seeds=args.seeds, progress=not args.no_progress, jobs=args.jobs,
+        executor=args.executor, address=args.address,
     )
     print((Path(args.out) / "report.md").read_text())
     print(f"WAR {results['war']:.2f}  UAR {results['uar']:.2f}  ({args.out}/results.json)")
     return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from atfnn.distributed.ray_executor import import_ray
+
+    import_ray()  # a clear message without the extra, before any corpus is read
+    from atfnn.distributed.tune import run_tune
+
+    run_tune(_config(args), args.space, args.trials, args.out, fold=args.fold, address=args.address)
+    return 0
+
+
+def _distributed_final(args: argparse.Namespace, config) -> bool:
+    """Under torchrun: join the process group (one model on every process); only --final trains that way."""
+    from atfnn.distributed import ddp
+
+    if not ddp.launched():
+        return False
+    if not args.final:
+        from atfnn.errors import ConfigError
+
+        raise ConfigError("torchrun trains one model on several processes: use it with `atfnn train --final`; "
+                          "for folds in parallel use --jobs or --executor ray")
+    config.train.device = ddp.init_from_env(config.train.device)
+    return True
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -365,7 +400,19 @@ def _add_experiment_commands(sub) -> None:
     p.add_argument("--jobs", type=_positive, default=1,
                    help="folds trained at once, each in its own process with its share of the cores "
                         "(docs/performance.md)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: this machine (--jobs); ray: one Ray task per fold (docs/scale-out.md)")
+    p.add_argument("--address", help="with --executor ray: the Ray cluster to join (default: start a local one)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", help="search open choices on Ray Tune (Optuna, ASHA); inner-LOSO objective")
+    _experiment_args(p)
+    p.add_argument("--space", required=True, help="YAML of config keys and distributions (docs/scale-out.md)")
+    p.add_argument("--trials", type=_positive, default=8, help="configurations to try")
+    p.add_argument("--out", required=True, help="directory for trials.csv, best.yaml and the trials' work")
+    p.add_argument("--fold", help="the outer fold whose training speakers the search uses (default: the first)")
+    p.add_argument("--address", help="the Ray cluster to join (default: start a local one)")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("prepare", help="compute (or reuse) the cached log-Mel features of a config's corpus")
     _experiment_args(p)

@@ -181,16 +181,21 @@ def run_experiment(
     on_fold_done: Callable[[str, int], None] | None = None,
     log: Callable[[str], None] = print,
     jobs: int = 1,
+    executor: str = "local",
+    address: str | None = None,
 ) -> dict:
     """Run (or resume) every selected fold for `seeds` seeds (train.seed, train.seed + 1, ...); return results.
 
     jobs > 1 trains that many folds at once, each in its own process with its share of the cores (train.threads
     each when set). On a CPU this is faster than one fold on all cores (docs/performance.md); a fold's result does
-    not depend on it beyond floating-point summation order.
+    not depend on it beyond floating-point summation order. executor "ray" trains each fold as a task on the Ray
+    cluster at `address` (default: a local one; atfnn.distributed.ray_executor), this process keeping the run's files.
     """
     out = Path(out)
     if jobs < 1:
         raise ConfigError(f"jobs must be at least 1, got {jobs}")
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"executor must be 'local' or 'ray', got {executor!r}")
     with run_lock(out):
         check_run_dir(out, config, log)
         device = setup_process(config)
@@ -199,7 +204,12 @@ def run_experiment(
         all_folds = make_folds(corpus.utterances, config.protocol)
         write_fold_set(config, all_folds, corpus.utterances, out)
         pending = _pending(out, select_folds(all_folds, folds), config.train.seed, seeds, log)
-        if jobs > 1 and len(pending) > 1:
+        if executor == "ray" and pending:
+            from atfnn.distributed.ray_executor import run_on_ray
+
+            for wave in _waves(config, pending):
+                run_on_ray(config, out, wave, address, on_fold_done, log)
+        elif jobs > 1 and len(pending) > 1:
             for wave in _waves(config, pending):
                 _run_parallel(config, out, wave, jobs, on_fold_done, log)
         else:
@@ -463,8 +473,11 @@ def train_final(
 ) -> tuple[Path, int]:
     """`atfnn train --final`: under the run's lock, a model on every speaker for `epochs` (default: final_epochs of
     the run) into RUN_DIR/final; returns its model directory and the epoch count."""
+    from atfnn.distributed import ddp
+
     run_dir = Path(run_dir)
-    with run_lock(run_dir):
+    # Under torchrun the processes train one model together: rank 0 holds the lock for all of them.
+    with run_lock(run_dir) if ddp.is_main() else contextlib.nullcontext():
         epochs = epochs or final_epochs(run_dir)
         return fit_final(config, run_dir / "final", epochs, progress, log), epochs
 
@@ -473,16 +486,21 @@ def fit_final(
     config: ExperimentConfig, out: str | Path, epochs: int, progress: bool = True, log: Callable[[str], None] = print
 ) -> Path:
     """Train one deployable model on every speaker of the corpus for a fixed number of epochs; returns its directory."""
+    from atfnn.distributed import ddp
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = setup_process(config)
-    corpus = prepare_corpus(config, progress=progress, log=log)
+    with ddp.main_first():  # under torchrun, rank 0 fills the feature cache that the others then read
+        corpus = prepare_corpus(config, progress=progress and ddp.is_main(), log=log)
     data = fold_data(config, corpus, [u.uid for u in corpus.utterances], (), (), device)
     log(f"final model: {len(corpus.utterances)} utterances, {epochs} epochs ({device})")
     result = train_fold(
         config.model, config.train, corpus.labels, data.train, None, out / "work", config.train.seed, device, epochs,
-        progress, log=log,
+        progress and ddp.is_main(), log=log,
     )
+    if not ddp.is_main():
+        return out / "model"
     model_dir = save_model(
         result.model, corpus.labels, config.frontend, out / "model",
         info={"corpus": config.corpus.name, "speakers": "all", "epochs": epochs, "seed": config.train.seed},

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from atfnn.aggregate import aggregate
 from atfnn.atomic import atomic_path, atomic_write_text
 from atfnn.config import ModelConfig, TrainConfig
+from atfnn.distributed import ddp
 from atfnn.errors import ConfigError, TrainingError
 from atfnn.metrics import uar, war
 from atfnn.model import ATFNN, build_model
@@ -280,8 +281,9 @@ def train_fold(
             row.update(test_war=watched["war"], test_uar=watched["uar"])
         state.history.append(row)
         state.seconds = already + time.perf_counter() - sitting
-        _write_log(fold_dir / LOG, state.history)
-        _save_checkpoint(fold_dir / CHECKPOINT, trainer, state)
+        if ddp.is_main():  # under torchrun every process holds the same state; one writes it
+            _write_log(fold_dir / LOG, state.history)
+            _save_checkpoint(fold_dir / CHECKPOINT, trainer, state)
     result = trainer.result(state)
     result.sitting_seconds = state.seconds - already
     return result
@@ -415,6 +417,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
         self.averaged = _averaged_model(self.model, cfg.ema_epochs, self.steps_per_epoch)
         self.schedule = Schedule(cfg, self.optimizer, self.steps_per_epoch, max_epochs)
+        self.distributed = ddp.wrap(self.model, self.objective, device)  # None unless launched by torchrun
 
     @property
     def scored(self) -> nn.Module:
@@ -450,20 +453,28 @@ class Trainer:
     def step(self, idx: Tensor, state: FoldState, progress: float) -> tuple[float, float | None]:
         """One optimizer step on the segments `idx`; a loss that is no longer finite stops training."""
         data, device, cfg = self.data, self.device, self.cfg
+        batch = len(idx)
+        share = ddp.shard(idx) if self.distributed is not None else None
+        idx = share.idx if share is not None else idx
         x, y = data.x[idx].to(device, non_blocking=True), data.y[idx].to(device, non_blocking=True)
         if cfg.freq_warp > 0:
             x = freq_warp(x, self.generator, cfg.freq_warp)
         if cfg.spec_augment:
             x = spec_augment(x, self.generator)
         spk = data.spk[idx].to(device, non_blocking=True) if data.spk is not None else None
-        loss, speaker_loss = self.objective(self.model, x, y, spk, progress, cfg.precision)
-        value = loss.item()
+        if share is None:
+            loss, speaker_loss = self.objective(self.model, x, y, spk, progress, cfg.precision)
+            value = loss.item()
+        else:
+            loss, speaker_loss = self.distributed(x, y, spk, progress, cfg.precision)
+            value = ddp.batch_mean(loss, share, batch)
         if not math.isfinite(value):
             raise TrainingError(f"training diverged at epoch {state.epoch + 1} (loss {value}); lower train.lr "
                                 f"(now {cfg.lr})")
         self.schedule.before_step(state)
         self.optimizer.zero_grad(set_to_none=True)
-        (loss if speaker_loss is None else loss + speaker_loss).backward()
+        objective = loss if speaker_loss is None else loss + speaker_loss
+        (objective if share is None else objective * share.scale).backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
