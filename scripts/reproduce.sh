@@ -33,11 +33,12 @@ declare -A CMD=(
   [casia-atfnn-spknorm-reg-adv]="configs/casia_atfnn_spknorm_reg_adv.yaml $MONITOR"
   [casia-atfnn-spknorm-reg-adv-lr]="configs/casia_atfnn_spknorm_reg_adv_lr.yaml $MONITOR"
   [casia-atfnn-spknorm-reg-embnorm]="configs/casia_atfnn_spknorm_reg_embnorm.yaml $MONITOR"
+  [casia-atfnn-gnorm]="configs/casia_atfnn_gnorm.yaml"
 )
 ORDER=(casia-atfnn casia-atnn casia-afnn casia-atfnn-spknorm casia-tfnn emodb-atfnn casia-atfnn-spknorm-aug
        casia-atfnn-utterancenorm casia-atfnn-spknorm-reg casia-atfnn-spknorm-reg-ema casia-atfnn-spknorm-reg-ema-spkval
        casia-atfnn-spknorm-reg-seed1 casia-atfnn-spknorm-reg-adv casia-atfnn-spknorm-reg-adv-lr
-       casia-atfnn-spknorm-reg-embnorm)
+       casia-atfnn-spknorm-reg-embnorm casia-atfnn-gnorm)
 
 for run in "${@:-${ORDER[@]}}"; do
   [[ -n "${CMD[$run]:-}" ]] || { echo "unknown run $run; one of: ${ORDER[*]}" >&2; exit 2; }
