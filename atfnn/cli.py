@@ -380,16 +380,8 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _add_experiment_commands(sub) -> None:
-    """demo, train, prepare, corpus, compare, report, baseline."""
-    p = sub.add_parser("demo", help="synthetic corpus + leave-one-speaker-out ATFNN in a few minutes")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic corpus")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE")
-    p.add_argument("--jobs", type=_positive, help="folds trained at once (default: one per core)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_demo)
-
+def _add_training_commands(sub) -> None:
+    """train (cross-validation, --final, the Ray executor) and tune."""
     p = sub.add_parser("train", help="cross-validated experiment (resumable), or --final for a deployable model")
     _experiment_args(p)
     p.add_argument("--out", required=True, help="run directory; rerunning the same command resumes")
@@ -413,6 +405,19 @@ def _add_experiment_commands(sub) -> None:
     p.add_argument("--fold", help="the outer fold whose training speakers the search uses (default: the first)")
     p.add_argument("--address", help="the Ray cluster to join (default: start a local one)")
     p.set_defaults(func=cmd_tune)
+
+
+def _add_experiment_commands(sub) -> None:
+    """demo, train, tune, prepare, corpus, compare, report, baseline."""
+    p = sub.add_parser("demo", help="synthetic corpus + leave-one-speaker-out ATFNN in a few minutes")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic corpus")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--jobs", type=_positive, help="folds trained at once (default: one per core)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    _add_training_commands(sub)
 
     p = sub.add_parser("prepare", help="compute (or reuse) the cached log-Mel features of a config's corpus")
     _experiment_args(p)

@@ -120,12 +120,7 @@ def summarise_run(run_dir: str | Path, labels: Sequence[str], config: dict[str, 
         summary = summarise(per_fold, labels)
         seeds.append({"seed": int(seed), "war": summary["war"], "uar": summary["uar"]})
         confusion += np.asarray(summary["confusion"], dtype=np.int64)
-        predicted = {name: preds for name, _, preds in per_fold}
-        for fold in summary["folds"]:
-            extra = {k: v for k, v in fold_info[(seed, fold["test"])].items() if k in ("best_epoch", "epochs", "seconds")}
-            extra["pred_share"] = prediction_shares(predicted[fold["test"]], labels)
-            extra |= curve_stats(run_dir / f"seed-{seed}" / fold["test"] / "log.csv", extra.get("best_epoch"))
-            folds.append({"seed": int(seed), **fold, **extra})
+        folds += _fold_rows(run_dir, seed, summary["folds"], per_fold, fold_info, labels)
     wars = np.array([s["war"] for s in seeds])
     uars = np.array([s["uar"] for s in seeds])
     fold_wars = np.array([f["war"] for f in folds])
@@ -152,6 +147,19 @@ def summarise_run(run_dir: str | Path, labels: Sequence[str], config: dict[str, 
         "labels": list(labels),
         "config": config,
     }
+
+
+def _fold_rows(run_dir: Path, seed: str, summaries: list[dict], per_fold: list, fold_info: dict,
+               labels: Sequence[str]) -> list[dict[str, Any]]:
+    """results.json's per-fold rows of one seed: scores, done.json's epochs and time, predicted shares, curves."""
+    predicted = {name: preds for name, _, preds in per_fold}
+    rows = []
+    for fold in summaries:
+        extra = {k: v for k, v in fold_info[(seed, fold["test"])].items() if k in ("best_epoch", "epochs", "seconds")}
+        extra["pred_share"] = prediction_shares(predicted[fold["test"]], labels)
+        extra |= curve_stats(run_dir / f"seed-{seed}" / fold["test"] / "log.csv", extra.get("best_epoch"))
+        rows.append({"seed": int(seed), **fold, **extra})
+    return rows
 
 
 def prediction_shares(preds: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
