@@ -27,10 +27,17 @@ def test_the_packaged_model_loads_and_predicts_a_casia_file(casia_root):
     predictor = atfnn.load(device="cpu")
     assert predictor.labels == CASIA_LABELS and predictor.card.model.variant == "atfnn"
     weights = load_file(str(packaged.PACKAGED_DIR / WEIGHTS))
-    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float32}  # shipped in fp32
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}  # shipped in fp16
+    assert {p.dtype for p in predictor.model.parameters()} == {torch.float32}  # and run in fp32
     result = predictor.predict(casia_root / "wangzhe" / "angry" / "201.wav")
     assert result.label in CASIA_LABELS and sum(result.probs.values()) == pytest.approx(1.0)
     assert result.duration > 1.0 and len(result.timeline) >= 1
+
+
+def test_the_fp16_packaged_weights_make_the_fp32_decisions(casia_root):
+    expected = json.loads((REPO / "tests" / "data" / "packaged_fp32_decisions.json").read_text())["decisions"]
+    results = atfnn.load(device="cpu").predict_many([casia_root / name for name in expected], 64)
+    assert {name: r.label for name, r in zip(expected, results)} == expected
 
 
 def test_the_packaged_card_states_data_licence_labels_and_the_cross_validated_uar():

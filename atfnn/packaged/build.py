@@ -77,6 +77,9 @@ def build_card(model_info: dict, train_config: dict, config_path: str, cv: dict,
         "training": {"epochs": model_info.get("epochs"), "seed": model_info.get("seed"),
                      "precision": train_config.get("precision"), "speakers": "all (--final)"},
         "parameters": n_params,
+        # fp16 halves the package; the weights are loaded back into the fp32 network. tests/test_serve_packaged.py
+        # checks the decisions against those of the fp32 weights (tests/data/packaged_fp32_decisions.json).
+        "weights": "fp16, loaded as fp32",
         "cross_validated": cv,
         "caveat": ("Trained on 4 actors reading 50 sentences in 6 acted emotions: expect much less than the "
                    "cross-validated figure on other speakers, languages, microphones or spontaneous speech."),
@@ -92,7 +95,7 @@ def card_markdown(card: dict, labels: list[str]) -> str:
 ATFNN, the paper configuration (`{card['configuration']}`), trained with `atfnn train --final` on all
 {len(card['training_data']['speakers'])} speakers of CASIA for {card['training']['epochs']} epochs
 (precision {card['training']['precision']}, seed {card['training']['seed']}), {card['parameters']:,} parameters,
-fp32 weights. Built by `scripts/build_packaged_model.sh` at commit {card['built_from_commit']}.
+fp16 weights, run in fp32. Built by `scripts/build_packaged_model.sh` at commit {card['built_from_commit']}.
 
 - **Labels**: {', '.join(labels)}.
 - **Training data**: {card['training_data']['corpus']}, {card['training_data']['utterances']} utterances, speakers
@@ -116,7 +119,7 @@ def build(model_dir: Path, cv_dir: Path, config_path: str, out: Path) -> Path:
     train_config = yaml.safe_load(config_file.read_text())["train"] if config_file.is_file() else {}
     n_params = sum(p.numel() for p in model.parameters())
     model_card = build_card(card.info, train_config, config_path, cv, n_params)
-    save_model(model.float(), card.labels, card.frontend, out, info={**card.info, "name": model_card["name"],
+    save_model(model.half(), card.labels, card.frontend, out, info={**card.info, "name": model_card["name"],
                                                                      "card": model_card})
     (out / CARD_FILE).write_text(card_markdown(model_card, card.labels))
     return out
