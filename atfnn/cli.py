@@ -80,15 +80,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from atfnn.experiment import run_experiment, train_final
 
     config = _config(args)
-    if _distributed_final(args, config):
-        from atfnn.distributed.ddp import finish, is_main
-
-        model_dir, epochs = train_final(config, args.out, args.epochs, progress=not args.no_progress)
-        main = is_main()
-        finish()
-        if main:
-            print(f"final model trained on all speakers for {epochs} epochs by torchrun's processes: {model_dir}")
-        return 0
+    if _distributed(config):
+        return _train_distributed(args, config)
     if args.final:
         model_dir, epochs = train_final(config, args.out, args.epochs, progress=not args.no_progress)
         print(f"final model trained on all speakers for {epochs} epochs: {model_dir}")
@@ -112,19 +105,38 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _distributed_final(args: argparse.Namespace, config) -> bool:
-    """Under torchrun: join the process group (one model on every process); only --final trains that way."""
+def _distributed(config) -> bool:
+    """Under torchrun: join the process group; the processes then train each model together."""
     from atfnn.distributed import ddp
 
     if not ddp.launched():
         return False
-    if not args.final:
-        from atfnn.errors import ConfigError
-
-        raise ConfigError("torchrun trains one model on several processes: use it with `atfnn train --final`; "
-                          "for folds in parallel use --jobs or --executor ray")
     config.train.device = ddp.init_from_env(config.train.device)
     return True
+
+
+def _train_distributed(args: argparse.Namespace, config) -> int:
+    """`torchrun ... -m atfnn train`: the final model, or the folds one after another, each on every process."""
+    from atfnn.distributed.ddp import finish, is_main
+    from atfnn.experiment import run_experiment, train_final
+
+    try:
+        if args.final:
+            model_dir, epochs = train_final(config, args.out, args.epochs, progress=not args.no_progress)
+            done = f"final model trained on all speakers for {epochs} epochs by torchrun's processes: {model_dir}"
+        else:
+            log = print if is_main() else (lambda message: None)
+            results = run_experiment(config, args.out, folds=_split(args.folds), seeds=args.seeds,
+                                     progress=not args.no_progress and is_main(), log=log, jobs=args.jobs,
+                                     executor=args.executor, address=args.address)
+            done = f"WAR {results.get('war', 0):.2f}  UAR {results.get('uar', 0):.2f}  ({args.out}/results.json; " \
+                   "each fold trained by torchrun's processes)"
+    finally:
+        main = is_main()
+        finish()
+    if main:
+        print(done)
+    return 0
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

@@ -196,13 +196,22 @@ def run_experiment(
         raise ConfigError(f"jobs must be at least 1, got {jobs}")
     if executor not in ("local", "ray"):
         raise ConfigError(f"executor must be 'local' or 'ray', got {executor!r}")
-    with run_lock(out):
-        check_run_dir(out, config, log)
+    from atfnn.distributed import ddp
+
+    if ddp.world_size() > 1 and (executor == "ray" or jobs > 1):
+        raise ConfigError("under torchrun the processes train each fold together, one fold after another: "
+                          "drop --jobs and --executor")
+    main = ddp.is_main()  # under torchrun rank 0 holds the lock and writes the run's files; all train each fold
+    with run_lock(out) if main else contextlib.nullcontext():
+        if main:
+            check_run_dir(out, config, log)
         device = setup_process(config)
         log(f"device {device}; F-Encoder ops: {kernels.status()}")
-        corpus = prepare_corpus(config, progress=progress, log=log)
+        with ddp.main_first():
+            corpus = prepare_corpus(config, progress=progress and main, log=log)
         all_folds = make_folds(corpus.utterances, config.protocol)
-        write_fold_set(config, all_folds, corpus.utterances, out)
+        if main:
+            write_fold_set(config, all_folds, corpus.utterances, out)
         pending = _pending(out, select_folds(all_folds, folds), config.train.seed, seeds, log)
         if executor == "ray" and pending:
             from atfnn.distributed.ray_executor import run_on_ray
@@ -219,7 +228,7 @@ def run_experiment(
                 run_fold(config, corpus, fold, out / f"seed-{seed}" / fold.name, seed, device, progress, log)
                 if on_fold_done is not None:
                     on_fold_done(fold.name, seed)
-        return finalise_run(out, corpus.labels, config.to_dict(), title=out.name)
+        return finalise_run(out, corpus.labels, config.to_dict(), title=out.name) if main else {}
 
 
 def setup_process(config: ExperimentConfig, threads: int | None = None) -> torch.device:
@@ -360,6 +369,10 @@ def _finish_fold(
     scores: dict, extra: dict, seconds: float, stats: NormStats | None = None,
 ) -> dict:
     """predictions.csv, the model, then done.json (written last: a fold is finished when it exists)."""
+    from atfnn.distributed import ddp
+
+    if not ddp.is_main():  # under torchrun every process holds the same model; rank 0 writes it
+        return {"fold": fold.name, "seed": seed, "war": scores["war"], "uar": scores["uar"]}
     by_uid = {u.uid: u for u in corpus.utterances}
     rows = [
         {"uid": uid, "speaker": by_uid[uid].speaker, "label": t, "pred": p, "probs": probs}
@@ -434,7 +447,8 @@ def select_epochs(
     selection = Selection(int(np.argmax(curve)) + 1, curve, inner, len(inner), seconds)
     log(f"seed {seed}, fold {fold.name}: inner-loso over {len(inner)} training speakers chose {selection.epochs} "
         f"epoch(s)")
-    atomic_write_text(saved, json.dumps(asdict(selection), indent=2) + "\n")
+    if _writes():
+        atomic_write_text(saved, json.dumps(asdict(selection), indent=2) + "\n")
     return selection
 
 
@@ -454,9 +468,17 @@ def _inner_curve(
     metric = config.train.select_metric
     curve = [-row["val_loss"] if metric == "loss" else row[f"val_{metric}"] for row in result.history]
     record = {"curve": curve, "steps": result.steps, "seconds": round(result.seconds, 1)}
-    atomic_write_text(saved, json.dumps(record, indent=2) + "\n")
-    (inner_dir / CHECKPOINT).unlink(missing_ok=True)
+    if _writes():
+        atomic_write_text(saved, json.dumps(record, indent=2) + "\n")
+        (inner_dir / CHECKPOINT).unlink(missing_ok=True)
     return record
+
+
+def _writes() -> bool:
+    """Whether this process writes a fold's files: always, except the ranks above 0 under torchrun."""
+    from atfnn.distributed import ddp
+
+    return ddp.is_main()
 
 
 def final_epochs(run_dir: str | Path) -> int:

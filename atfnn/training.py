@@ -268,8 +268,8 @@ def train_fold(
         began = time.perf_counter()
         row = trainer.epoch(state)
         if validation is not None:
-            _select(trainer, state, evaluate(trainer.scored, validation, labels, device, train_cfg.precision,
-                                             train_cfg.aggregate), row)
+            scores = evaluate(trainer.scored, validation, labels, device, train_cfg.precision, train_cfg.aggregate)
+            _select(trainer, state, ddp.agreed(scores), row)
         else:
             state.best_epoch, state.best_state = state.epoch, None
         row["seconds"] = round(time.perf_counter() - began, 3)

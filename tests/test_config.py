@@ -1,6 +1,7 @@
 """Configuration: paper defaults, YAML with `base:`, `--set` overrides, validation with field names."""
 from __future__ import annotations
 
+import json
 import re
 import types
 import typing
@@ -192,3 +193,17 @@ def test_a_new_field_is_checked_from_its_one_line_declaration():
         section_from_dict(Extra, {"warmup_epochs": -1}, "train")
     with pytest.raises(ConfigError, match=re.escape("train.lr_schedule='step' is not one of constant, cosine")):
         section_from_dict(Extra, {"lr_schedule": "step"}, "train")
+
+
+def test_the_first_reading_is_the_dataclass_defaults_so_old_cards_and_runs_load_unchanged():
+    """paper_v1.yaml must stay what a card or run folder without the later fields means; paper.yaml departs from it."""
+    assert load_config(CONFIGS / "paper_v1.yaml").fingerprint() == ExperimentConfig().fingerprint()
+    new = load_config(CONFIGS / "paper.yaml")
+    assert (new.frontend.mel_scale, new.frontend.norm) == ("htk", "global")
+    assert new.fingerprint() != ExperimentConfig().fingerprint()
+
+
+def test_a_config_of_an_earlier_run_still_has_that_runs_fingerprint():
+    """Moving the default must not change what an earlier run's config file means (it would no longer resume)."""
+    run = json.loads((CONFIGS.parent / "results" / "casia-atfnn-gnorm" / "run.json").read_text())
+    assert load_config(CONFIGS / "casia_atfnn_gnorm.yaml").fingerprint() == run["fingerprint"]

@@ -1,5 +1,6 @@
 """One model on several processes: `torchrun --nproc_per_node N -m atfnn train CONFIG --final` trains with
-DistributedDataParallel (gloo on CPU, nccl on CUDA).
+DistributedDataParallel (gloo on CPU, nccl on CUDA); without --final the folds are trained one after another, each
+by all the processes together (for folds too big for one).
 
 Every process draws the same shuffled batch of train.batch_size segments (same seed, same generator) and computes
 the loss of its strided share of it; each share's loss is scaled so that DDP's gradient average equals the gradient
@@ -57,6 +58,15 @@ def main_first():
     yield
     if world_size() > 1 and is_main():
         dist.barrier()
+
+
+def agreed(scores: dict) -> dict:
+    """Rank 0's validation scores on every process, so that all keep the same epoch and stop at the same one."""
+    if world_size() == 1:
+        return scores
+    box = [scores if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 @dataclass
