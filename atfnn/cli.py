@@ -101,7 +101,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     import_ray()  # a clear message without the extra, before any corpus is read
     from atfnn.distributed.tune import run_tune
 
-    run_tune(_config(args), args.space, args.trials, args.out, fold=args.fold, address=args.address)
+    run_tune(_config(args), args.space, args.trials, args.out, fold=args.fold, address=args.address,
+             outer=not args.no_outer)
     return 0
 
 
@@ -416,6 +417,8 @@ def _add_training_commands(sub) -> None:
     p.add_argument("--out", required=True, help="directory for trials.csv, best.yaml and the trials' work")
     p.add_argument("--fold", help="the outer fold whose training speakers the search uses (default: the first)")
     p.add_argument("--address", help="the Ray cluster to join (default: start a local one)")
+    p.add_argument("--no-outer", action="store_true",
+                   help="skip training the best configuration on the outer fold and testing it (OUT/outer/)")
     p.set_defaults(func=cmd_tune)
 
 

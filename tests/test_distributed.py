@@ -3,6 +3,7 @@ worker retried and resumed, a killed driver finished by a rerun."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -151,3 +152,8 @@ def test_tune_runs_two_trials_on_training_speakers_and_writes_a_trainable_best_c
     assert chosen.train.lr == pytest.approx(best["train.lr"])
     assert chosen.model.head_dropout == best["model.head_dropout"]
     assert float(rows[0]["score"]) == pytest.approx(best["score"])
+    # Then, apart from the trials, the chosen configuration scored once on the outer test speaker no trial saw.
+    outer = json.loads((out / "outer" / "results.json").read_text())
+    assert [f["test"] for f in outer["folds"]] == [folds[0].name]
+    assert best["outer_fold"] == folds[0].name and best["outer_uar"] == pytest.approx(outer["uar"])
+    assert load_config(out / "outer" / "config.yaml").train.lr == pytest.approx(best["train.lr"])

@@ -5,8 +5,8 @@ The objective never sees a test speaker: a trial runs inner leave-one-training-s
 of one outer fold (--fold, default the first), training one inner fold per training speaker for train.epochs and
 scoring that speaker every epoch; after each inner fold it reports the best epoch of the mean inner validation curve
 so far (the quantity protocol.selection=inner-loso maximises), and ASHA may stop it there. The outer fold's own test
-speaker is in none of the inner folds, so `atfnn train OUT/best.yaml --folds FOLD` scores the chosen configuration
-on a speaker the search never saw.
+speaker is in none of the inner folds; after the search the chosen configuration is trained on that fold's training
+speakers and tested once on its test speaker, whom the search never saw (OUT/outer/, reported apart from the trials).
 
 SPACE.yaml maps dotted config keys to one distribution each:
     train.lr: {loguniform: [1.0e-4, 1.0e-2]}
@@ -33,6 +33,7 @@ from atfnn.errors import ConfigError
 KINDS = ("loguniform", "uniform", "randint", "choice")
 TRIALS = "trials.csv"
 BEST = "best.yaml"
+OUTER = "outer"
 
 
 def read_space(path: str | Path) -> dict[str, dict]:
@@ -101,9 +102,10 @@ def trial(params: dict, setup: TrialSetup) -> None:
 
 def run_tune(
     config: ExperimentConfig, space_path: str | Path, trials: int, out: str | Path, fold: str | None = None,
-    address: str | None = None, log: Callable[[str], None] = print,
+    address: str | None = None, log: Callable[[str], None] = print, outer: bool = True,
 ) -> dict:
-    """Search `trials` configurations; write OUT/trials.csv and OUT/best.yaml; return the best trial's row."""
+    """Search `trials` configurations; write OUT/trials.csv and OUT/best.yaml; then (outer) score the best on the
+    outer fold's test speaker in OUT/outer/. Returns the best trial's row (with outer_war/outer_uar)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -136,7 +138,22 @@ def run_tune(
     finally:
         if started:
             import_ray().shutdown()
-    return _write_outputs(config, space, grid, chosen.name, out, log)
+    row = _write_outputs(config, space, grid, chosen.name, out, log)
+    if outer:
+        row.update(score_outer(out, chosen.name, log))
+    return row
+
+
+def score_outer(out: Path, fold: str, log: Callable[[str], None] = print) -> dict:
+    """The chosen configuration trained on the outer fold's training speakers and tested once on its test speaker,
+    whom no trial saw: OUT/outer/ is an `atfnn train OUT/best.yaml --folds FOLD` run."""
+    from atfnn.config import load_config
+    from atfnn.experiment import run_experiment
+
+    results = run_experiment(load_config(out / BEST), out / OUTER, folds=[fold], progress=False, log=log)
+    log(f"outer fold {fold} (a speaker no trial saw), best configuration: WAR {results['war']:.2f}  "
+        f"UAR {results['uar']:.2f}  ({out / OUTER / 'results.json'})")
+    return {"outer_fold": fold, "outer_war": results["war"], "outer_uar": results["uar"]}
 
 
 def _write_outputs(config: ExperimentConfig, space: dict, grid, fold: str, out: Path,
