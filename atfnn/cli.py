@@ -189,6 +189,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         config = load_run_config(args.run)
         finalise_run(args.run, run_labels(args.run), config.to_dict(), title=Path(args.run).name)
     print((Path(args.run) / "report.md").read_text())
+    if args.curves:
+        from atfnn.reports import plot_curves
+
+        drawn = plot_curves(args.run, Path(args.curves), seed=args.seed)
+        print(f"training curves of {', '.join(drawn)} in {args.curves}")
     if args.export:
         from atfnn.reports import export_run
 
@@ -452,6 +457,9 @@ def _add_experiment_commands(sub) -> None:
     p = sub.add_parser("report", help="recompute results.json, report.md and confusion.png of a run")
     p.add_argument("run")
     p.add_argument("--export", metavar="DIR", help="also copy the run's small files (no weights) to DIR, e.g. results/")
+    p.add_argument("--curves", metavar="PNG", help="also plot each fold's training loss, validation UAR and "
+                   "(train.monitor_test) test UAR against optimizer steps")
+    p.add_argument("--seed", type=int, help="the seed whose folds --curves draws (default: the first)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("baseline", help="openSMILE functionals + linear SVM on the same folds")

@@ -362,6 +362,56 @@ def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: Path, title: str
     plt.close(fig)
 
 
+def _read_log(path: Path) -> dict[str, np.ndarray]:
+    """A fold's log.csv as columns (empty cells, such as the test UAR of an unmonitored run, as NaN)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ATFNNError(f"{path}: no epoch logged yet")
+    return {key: np.array([float(r[key]) if r.get(key) not in ("", None) else np.nan for r in rows])
+            for key in ("epoch", "step", "train_loss", "val_uar", "test_uar")}
+
+
+def plot_curves(run_dir: str | Path, path: Path, seed: int | None = None) -> list[str]:
+    """One panel per fold of one seed: training loss, validation UAR and (monitored, never used) test UAR against
+    optimizer steps, the kept epoch marked. Returns the folds drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    seed = seed if seed is not None else min(int(p.name.split("-")[1]) for p in run_dir.glob("seed-*"))
+    logs = sorted((run_dir / f"seed-{seed}").glob("*/log.csv"))
+    if not logs:
+        raise ATFNNError(f"{run_dir / f'seed-{seed}'}: no fold with a log.csv")
+    fig, axes = plt.subplots(1, len(logs), figsize=(3.6 * len(logs), 3.2), squeeze=False, sharey=True)
+    for ax, log_path in zip(axes[0], logs):
+        log = _read_log(log_path)
+        loss_ax = ax.twinx()
+        loss_ax.plot(log["step"], log["train_loss"], color="0.5", lw=1, label="training loss")
+        ax.plot(log["step"], log["val_uar"], color="tab:blue", label="validation UAR")
+        if not np.isnan(log["test_uar"]).all():
+            ax.plot(log["step"], log["test_uar"], color="tab:red", label="test UAR (monitored)")
+        done = log_path.with_name("done.json")
+        if done.is_file():
+            kept = json.loads(done.read_text())["best_epoch"]
+            ax.axvline(log["step"][int(kept) - 1], color="k", ls=":", lw=1)
+        ax.set_title(log_path.parent.name, fontsize=9)
+        ax.set_xlabel("optimizer steps")
+        ax.set_ylim(0, 100)
+    axes[0][0].set_ylabel("UAR (%)")
+    loss_ax.set_ylabel("training loss")
+    handles = axes[0][0].get_legend_handles_labels()[0] + loss_ax.get_legend_handles_labels()[0]
+    fig.legend(handles, [h.get_label() for h in handles], loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.suptitle(f"{run_dir.name}, seed {seed} (dotted: kept epoch)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return [p.parent.name for p in logs]
+
+
 def compare(run_dirs: Sequence[str | Path]) -> str:
     """One Markdown table of several runs (Table III layout): method, corpus, WAR, UAR, seeds, paper's figures.
     Each entry is a run directory or a results.json file (results/ keeps some runs as that file alone)."""

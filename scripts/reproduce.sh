@@ -18,12 +18,12 @@ JOBS=${JOBS:-2}
 MONITOR="--set train.monitor_test=true"
 
 declare -A CMD=(
-  [casia-atfnn]="configs/casia_atfnn.yaml --seeds 3"
-  [casia-atnn]="configs/casia_atnn.yaml --seeds 3 $MONITOR"
-  [casia-afnn]="configs/casia_afnn.yaml --seeds 3 $MONITOR"
+  [casia-atfnn]="configs/casia_atfnn_v1.yaml --seeds 3"
+  [casia-atnn]="configs/casia_atnn_v1.yaml --seeds 3 $MONITOR"
+  [casia-afnn]="configs/casia_afnn_v1.yaml --seeds 3 $MONITOR"
   [casia-atfnn-spknorm]="configs/casia_atfnn_spknorm.yaml $MONITOR"
-  [casia-tfnn]="configs/casia_tfnn.yaml --seeds 3 $MONITOR"
-  [emodb-atfnn]="configs/emodb_atfnn.yaml $MONITOR"
+  [casia-tfnn]="configs/casia_tfnn_v1.yaml --seeds 3 $MONITOR"
+  [emodb-2s-atfnn]="configs/emodb_atfnn.yaml --set frontend.norm=none --set frontend.mel_scale=slaney --set train.epochs=30 --set train.precision=fp32 $MONITOR"  # on the superseded 2-s copy of EmoDB
   [casia-atfnn-spknorm-aug]="configs/casia_atfnn_spknorm_aug.yaml $MONITOR"
   [casia-atfnn-utterancenorm]="configs/casia_atfnn_utterancenorm.yaml $MONITOR"
   [casia-atfnn-spknorm-reg]="configs/casia_atfnn_spknorm_reg.yaml $MONITOR"
@@ -34,11 +34,15 @@ declare -A CMD=(
   [casia-atfnn-spknorm-reg-adv-lr]="configs/casia_atfnn_spknorm_reg_adv_lr.yaml $MONITOR"
   [casia-atfnn-spknorm-reg-embnorm]="configs/casia_atfnn_spknorm_reg_embnorm.yaml $MONITOR"
   [casia-atfnn-gnorm]="configs/casia_atfnn_gnorm.yaml"
+  # The default reading (configs/paper.yaml) from 2026-12-02 on; both trained one fold at a time each, side by side
+  # (JOBS=1 --set train.threads=1 in the session that made them).
+  [casia-atfnn-v2]="configs/casia_atfnn.yaml $MONITOR"
+  [emodb-atfnn]="configs/emodb_atfnn.yaml $MONITOR"
 )
-ORDER=(casia-atfnn casia-atnn casia-afnn casia-atfnn-spknorm casia-tfnn emodb-atfnn casia-atfnn-spknorm-aug
+ORDER=(casia-atfnn casia-atnn casia-afnn casia-atfnn-spknorm casia-tfnn emodb-2s-atfnn casia-atfnn-spknorm-aug
        casia-atfnn-utterancenorm casia-atfnn-spknorm-reg casia-atfnn-spknorm-reg-ema casia-atfnn-spknorm-reg-ema-spkval
        casia-atfnn-spknorm-reg-seed1 casia-atfnn-spknorm-reg-adv casia-atfnn-spknorm-reg-adv-lr
-       casia-atfnn-spknorm-reg-embnorm casia-atfnn-gnorm)
+       casia-atfnn-spknorm-reg-embnorm casia-atfnn-gnorm casia-atfnn-v2 emodb-atfnn)
 
 for run in "${@:-${ORDER[@]}}"; do
   [[ -n "${CMD[$run]:-}" ]] || { echo "unknown run $run; one of: ${ORDER[*]}" >&2; exit 2; }

@@ -238,3 +238,13 @@ def test_export_writes_the_named_onnx_file(model, tmp_path, capsys):
     assert capsys.readouterr().out.startswith(f"wrote {path} (network only")
     card = read_metadata(path)
     assert card.labels == list(LABELS) and card.model.lstm_hidden == 8
+
+
+def test_report_curves_draws_one_panel_per_fold_of_the_chosen_seed(trained, tmp_path, capsys):
+    run = trained[0]
+    png = tmp_path / "curves.png"
+    assert main(["report", str(run), "--curves", str(png)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(f"training curves of {', '.join(SPEAKERS)} in {png}")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["report", str(run), "--curves", str(png), "--seed", "7"]) == 2
+    assert "seed-7: no fold with a log.csv" in capsys.readouterr().err
