@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 CASIA=${CASIA:-../shared/data/casia}
-CONFIG=${CONFIG:-configs/casia_atfnn.yaml}
+CONFIG=${CONFIG:-configs/casia_atfnn_v1.yaml}  # the reading the shipped model was trained with
 CV=${CV:-results/casia-atfnn}             # the exported cross-validated run: epoch count and UAR
 PRECISION=${PRECISION:-bf16-lstm}         # bf16 autocast in the Bi-LSTM only: fp32's accuracy (docs/performance.md)
 THREADS=${THREADS:-0}                     # torch threads, 0 = its default; 1 on a machine other jobs keep busy

@@ -1,6 +1,6 @@
 """Turn a `atfnn train --final` model into the packaged one: copy the weights, write the model card.
 
-    python -m atfnn.packaged.build RUN/final/model --cv results/casia-atfnn --config configs/casia_atfnn.yaml \
+    python -m atfnn.packaged.build RUN/final/model --cv results/casia-atfnn --config configs/casia_atfnn_v1.yaml \
         --out atfnn/packaged/casia-atfnn
 
 The card's numbers are the cross-validated run's (`--cv`, an exported run with results.json): the packaged model is
