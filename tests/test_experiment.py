@@ -638,9 +638,10 @@ def test_config_and_fold_files_are_written_atomically_and_synced(corpus, tmp_pat
     prepared = prepare_corpus(config, progress=False, log=lambda m: None)
     replaced.clear()
     write_fold_set(config, make_folds(prepared.utterances, config.protocol), prepared.utterances, out)
-    (store,) = (out / "folds").iterdir()
-    assert set(replaced) == {out / "foldset.json", store}, "the pointer and the whole set, each renamed into place"
-    files = [*store.rglob("*.jsonl"), store / "folds.json"]
-    assert len(files) == 1 + 3 * 3
+    (store,) = [p.parent for p in (out / "folds").glob("*/folds.json")]
+    splits = sorted((out / "folds" / "splits").glob("*.jsonl"))
+    files = [*splits, store / "folds.json"]
+    assert set(replaced) == {out / "foldset.json", *files}, "the pointer and each file of the set renamed into place"
+    assert len(splits) == 3 * 3, "3 folds' train, validation and test: all different with validation utterances"
     assert len(synced) >= len(files) + 2, "each file, the set's folders and the pointer are synced"
     assert not [p for p in out.rglob(".*") if p.name != ".lock"], "no temporary file is left"
