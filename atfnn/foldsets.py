@@ -9,7 +9,7 @@ and the split files they share:
                                                 "session"}, the uid relative to the corpus root (the folder of a
                                                 manifest), as EmoBox keeps `data/<corpus>/fold_k/`
 
-"files" names a split file relative to folds.json (`"../splits/4cc3801cec61.jsonl"`), and a split file is named by
+"files" names a split file relative to folds.json (`"../splits/7493a07744b5.jsonl"`), and a split file is named by
 the first 12 hex digits of the SHA-256 of its bytes, so a split is written once however many folds and sets use it
 (a leave-one-speaker-out fold's validation speaker is another fold's test speaker; two protocols share test splits).
 The fingerprint hashes the folds' rows, not the files, so every run split the same way names the same set, and a set,
