@@ -12,7 +12,6 @@ import pytest
 from atfnn import training
 from atfnn.cli import main
 from atfnn.config import load_config
-from atfnn.corpora.synthetic import SyntheticSpec, generate
 from atfnn.errors import ConfigError
 from atfnn.experiment import LOCK, check_run_dir, final_epochs, rescore_run, run_experiment, run_lock
 from atfnn.metrics import uar, war
@@ -25,13 +24,6 @@ TINY = [
     "frontend.segment_hop=128",
     "train.threads=2",
 ]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic") / "corpus"
-    generate(root, SyntheticSpec(speakers=3, utterances_per_class=3, seed=1))
-    return root
 
 
 @pytest.fixture(scope="module")
