@@ -231,6 +231,19 @@ def test_export_into_a_store_that_has_the_split_files_reuses_them(corpus, tmp_pa
     assert foldsets.read_run_folds(tmp_path / "runs" / "a") == foldsets.read_foldset(exported).to_folds(root)
 
 
+def test_a_run_whose_own_set_is_format_1_is_exported_in_format_2(corpus, tmp_path):
+    root, utts = corpus
+    run = tmp_path / "runs" / "a"
+    foldset = speaker_folds(utts, root)
+    write_format_1(foldset, run / "folds")
+    foldsets.write_pointer(run, foldset)
+    (run / "config.yaml").write_text(f"corpus:\n  name: toy\n  root: {root}\n")
+    export_run(run, tmp_path / "results" / "a")
+    (exported,) = fold_sets(tmp_path / "results" / "folds")
+    assert exported.name == foldset.id and json.loads((exported / "folds.json").read_text())["format"] == 2
+    assert foldsets.read_foldset(exported) == foldset and len(list(exported.parent.glob("splits/*.jsonl"))) == 3
+
+
 def test_a_pointer_to_a_missing_set_names_where_it_looked(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
