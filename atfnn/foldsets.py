@@ -1,14 +1,27 @@
 """Fold sets stored once: a corpus's folds, utterance ids relative to the corpus root, named by a fingerprint.
 
-A fold set is a folder `<corpus>-<fingerprint>/` holding `folds.json` (the summary: counts, labels and speakers
-per split) and `<fold>/{train,validation,test}.jsonl`, one utterance a line: {"uid", "label", "speaker",
-"session"}, the uid relative to the corpus root (the folder of a manifest), as EmoBox keeps `data/<corpus>/fold_k/`.
-The fingerprint hashes that content, so every run split the same way names the same set, and a set, once written,
-never changes (write-once). A run names its set in `RUN_DIR/foldset.json`; the set lives in `RUN_DIR/folds/` while
-the run is trained and in the shared `folds/` beside the runs in results/ (`atfnn report --export`).
+A store (`RUN_DIR/folds/` while a run is trained, the shared `folds/` beside the runs in results/) holds fold sets
+and the split files they share:
 
-Runs made before fold sets keep `RUN_DIR/folds/folds.json` and fold files with absolute uids: they are read as they
-are, and exported (or migrated, scripts/migrate_results.py) into the layout above.
+    <store>/<corpus>-<fingerprint>/folds.json   one fold set: per fold, its counts, labels and speakers per split,
+                                                and under "files" the split file each split reads
+    <store>/splits/<sha12>.jsonl                one split, one utterance a line: {"uid", "label", "speaker",
+                                                "session"}, the uid relative to the corpus root (the folder of a
+                                                manifest), as EmoBox keeps `data/<corpus>/fold_k/`
+
+"files" names a split file relative to folds.json (`"../splits/7493a07744b5.jsonl"`), and a split file is named by
+the first 12 hex digits of the SHA-256 of its bytes, so a split is written once however many folds and sets use it
+(a leave-one-speaker-out fold's validation speaker is another fold's test speaker; two protocols share test splits).
+The fingerprint hashes the folds' rows, not the files, so every run split the same way names the same set, and a set,
+once written, never changes (write-once): an existing set is kept, and a split file whose bytes do not match its name
+is refused (it was edited). A run names its set in `RUN_DIR/foldset.json` (`atfnn report --export` copies it into
+the shared store).
+
+That is format 2 (`"format": 2` in folds.json). Format 1, the sets written before, kept each fold's splits in the set
+folder (`<corpus>-<fingerprint>/<fold>/{train,validation,test}.jsonl`); such sets are read as they are, and
+`upgrade_foldset` (scripts/migrate_results.py) rewrites them. Runs made before fold sets keep
+`RUN_DIR/folds/folds.json` and fold files with absolute uids: they are read as they are too, and exported (or
+migrated) into the store above.
 """
 from __future__ import annotations
 
@@ -17,8 +30,8 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +39,7 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from atfnn.atomic import atomic_write_text, fsync_dir, fsync_file
+from atfnn.atomic import atomic_write_bytes, atomic_write_text, fsync_dir
 from atfnn.corpora.base import Utterance
 from atfnn.errors import ConfigError
 from atfnn.protocols import Fold, read_folds
@@ -37,7 +50,9 @@ SUMMARY = "folds.json"
 SPLITS = ("train", "validation", "test")
 ROW_KEYS = ("uid", "label", "speaker", "session")
 FINGERPRINT_CHARS = 12
-FORMAT = 1
+FORMAT = 2  # folds.json names its split files in the store's splits/ (module docstring)
+SPLIT_STORE = "splits"  # <store>/splits/<sha12>.jsonl
+SPLIT_NAME = re.compile(r"\.\./" + SPLIT_STORE + r"/([0-9a-f]{" + str(FINGERPRINT_CHARS) + r"})\.jsonl")
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,7 @@ class FoldSet:
                 "counts": {s: len(r) for s, r in rows.items()},
                 "labels": {s: dict(sorted(Counter(x["label"] for x in r).items())) for s, r in rows.items()},
                 "speakers": {s: sorted({x["speaker"] for x in r}) for s, r in rows.items()},
+                "files": {s: split_reference(split_text(r)) for s, r in rows.items()},
             })
         return {
             "format": FORMAT, "corpus": self.corpus, "fingerprint": self.fingerprint,
@@ -154,9 +170,10 @@ def _row(u: Utterance, base: str | Path) -> dict[str, Any]:
 
 
 def write_foldset(foldset: FoldSet, store: str | Path) -> Path:
-    """Write `store/<id>/` once: an existing set of that id is kept (its content is the same, by the fingerprint).
+    """Write `store/<id>/folds.json` once, its split files into `store/splits/` where they are not yet; returns the
+    set's folder. An existing set of that id is kept (its content is the same, by the fingerprint), in either format.
 
-    The set is written into a temporary folder and renamed, so a reader never sees half a set.
+    The split files are written before folds.json, each atomically, so a reader that finds folds.json finds them all.
     """
     store = Path(store)
     target = store / foldset.id
@@ -165,26 +182,48 @@ def write_foldset(foldset: FoldSet, store: str | Path) -> Path:
         if found.fingerprint != foldset.fingerprint:
             raise ConfigError(f"{target}: its fold files were edited (fingerprint {found.fingerprint}); restore them")
         return target
-    store.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=store, prefix=f".{foldset.id}."))
-    try:
-        for name, splits in foldset.folds.items():
-            (tmp / name).mkdir()
-            for split in SPLITS:
-                lines = "".join(json.dumps(_ordered(r), ensure_ascii=False) + "\n" for r in splits[split])
-                (tmp / name / f"{split}.jsonl").write_text(lines, encoding="utf-8")
-        (tmp / SUMMARY).write_text(json.dumps(foldset.summary(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        for path in [tmp, *tmp.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)  # mkdtemp makes 0700; results are meant to be shared
-            fsync_file(path) if path.is_file() else fsync_dir(path)
-        os.replace(tmp, target)
-        fsync_dir(store)
-    except OSError:
-        if not (target / SUMMARY).is_file():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # left only when another writer renamed the same set first
+    write_splits(foldset, store)
+    target.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(target / SUMMARY, summary_text(foldset))
+    fsync_dir(store)
     return target
+
+
+def write_splits(foldset: FoldSet, store: str | Path) -> list[Path]:
+    """Write each distinct split of `foldset` once into `store/splits/`, keeping the files already there."""
+    directory = Path(store) / SPLIT_STORE
+    paths = []
+    texts = dict.fromkeys(split_text(rows) for splits in foldset.folds.values() for rows in splits.values())
+    for text in texts:
+        path = directory / Path(split_reference(text)).name
+        data = text.encode("utf-8")
+        if not path.is_file():
+            atomic_write_bytes(path, data)
+        elif path.read_bytes() != data:
+            raise ConfigError(
+                f"{path}: holds other utterances than the split of that name being written (the file was edited); "
+                "restore it, or remove it to have it written again"
+            )
+        paths.append(path)
+    return paths
+
+
+def split_text(rows: Sequence[dict[str, Any]]) -> str:
+    """A split file's text: one row a line, its keys in ROW_KEYS order (the bytes its name hashes)."""
+    return "".join(json.dumps(_ordered(r), ensure_ascii=False) + "\n" for r in rows)
+
+
+def split_reference(text: str) -> str:
+    """How folds.json names the split file holding `text`: `../splits/<sha12>.jsonl`, relative to folds.json."""
+    return f"../{SPLIT_STORE}/{_content_hash(text.encode('utf-8'))}.jsonl"
+
+
+def _content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:FINGERPRINT_CHARS]
+
+
+def summary_text(foldset: FoldSet) -> str:
+    return json.dumps(foldset.summary(), indent=2, ensure_ascii=False) + "\n"
 
 
 def _ordered(row: dict[str, Any]) -> dict[str, Any]:
@@ -192,20 +231,78 @@ def _ordered(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_foldset(path: str | Path) -> FoldSet:
-    """Read a fold set folder (or an old run's `folds/` folder: the same files, absolute uids)."""
+    """Read a fold set folder of either format (or an old run's `folds/` folder: format 1, absolute uids)."""
     path = Path(path)
     summary = _load_summary(path / SUMMARY)
+    version = _format(summary, path)
     folds: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for entry in summary["folds"]:
         name = entry["name"]
-        folds[name] = {split: _read_rows(path / name / f"{split}.jsonl") for split in SPLITS}
+        files = split_files(path, entry, version)
+        folds[name] = {split: _read_rows(files[split], check_name=version >= 2) for split in SPLITS}
         for split, expected in entry.get("counts", {}).items():
             if split in folds[name] and expected != len(folds[name][split]):
                 raise ConfigError(
-                    f"{path / name / f'{split}.jsonl'}: {len(folds[name][split])} utterances but {path / SUMMARY} "
-                    f"says {expected}; the fold files were edited or partly written"
+                    f"{files[split]}: {len(folds[name][split])} utterances but {path / SUMMARY} says {expected} "
+                    f"for fold '{name}'; the fold files were edited or partly written"
                 )
     return FoldSet(summary.get("corpus", "?"), folds)
+
+
+def _format(summary: dict[str, Any], path: Path) -> int:
+    version = summary.get("format", 1)  # the runs made before fold sets wrote no format
+    if version not in (1, FORMAT):
+        raise ConfigError(f"{path / SUMMARY}: fold set format {version!r} is not known (1 or {FORMAT}); update atfnn")
+    return version
+
+
+def split_files(path: str | Path, entry: dict[str, Any], version: int) -> dict[str, Path]:
+    """The file each split of a fold entry of `path/folds.json` reads: format 1 in the set's folder, format 2 the
+    store's splits/ file that "files" names."""
+    path, name = Path(path), entry["name"]
+    _check_fold_name(name)
+    if version == 1:
+        return {split: path / name / f"{split}.jsonl" for split in SPLITS}
+    files = entry.get("files")
+    found = {}
+    for split in SPLITS:
+        reference = files.get(split) if isinstance(files, dict) else None
+        if not isinstance(reference, str) or not SPLIT_NAME.fullmatch(reference):
+            raise ConfigError(
+                f"{path / SUMMARY}: fold '{name}' names no split file for '{split}' (files.{split}: {reference!r}; "
+                f"expected ../{SPLIT_STORE}/<{FINGERPRINT_CHARS} hex digits>.jsonl)"
+            )
+        found[split] = Path(os.path.normpath(path / reference))
+    return found
+
+
+def set_files(path: str | Path) -> list[Path]:
+    """The files a fold set folder consists of: its folds.json and the split files it reads (either format)."""
+    path = Path(path)
+    summary = _load_summary(path / SUMMARY)
+    version = _format(summary, path)
+    files = {file for entry in summary["folds"] for file in split_files(path, entry, version).values()}
+    return [path / SUMMARY, *sorted(files)]
+
+
+def upgrade_foldset(path: str | Path) -> bool:
+    """Rewrite a format-1 set of a store in format 2, in place: its split files into the store's splits/ (kept where
+    they are already there), then folds.json, then the old fold folders removed; False when it is format 2 already.
+
+    A reader meanwhile sees the one format or the other, whole, as folds.json is replaced after the split files.
+    """
+    path = Path(path)
+    summary = _load_summary(path / SUMMARY)
+    if _format(summary, path) == FORMAT:
+        return False
+    foldset = read_foldset(path)
+    if foldset.id != path.name:
+        raise ConfigError(f"{path}: its fold files were edited (fingerprint {foldset.fingerprint}); restore them")
+    write_splits(foldset, path.parent)
+    atomic_write_text(path / SUMMARY, summary_text(foldset))
+    for entry in summary["folds"]:
+        shutil.rmtree(path / entry["name"])
+    return True
 
 
 def _load_summary(path: Path) -> dict[str, Any]:
@@ -220,11 +317,15 @@ def _load_summary(path: Path) -> dict[str, Any]:
     return summary
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
+def _read_rows(path: Path, check_name: bool = False) -> list[dict[str, Any]]:
+    """The rows of a split file; with `check_name`, its bytes must hash to its name (a split file never changes)."""
     if not path.is_file():
         raise ConfigError(f"{path}: fold file missing")
+    data = path.read_bytes()
+    if check_name and _content_hash(data) != path.stem:
+        raise ConfigError(f"{path}: its content does not hash to its name (the file was edited); restore it")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
         if line.strip():
             try:
                 row = json.loads(line)
@@ -370,7 +471,7 @@ def export_folds(run_dir: str | Path, dest: str | Path) -> tuple[list[Path], Pat
     foldset, base = run_foldset(run_dir)
     path = write_foldset(foldset, shared_store(dest))
     write_pointer(dest, foldset)
-    return [dest / POINTER, *sorted(p for p in path.rglob("*") if p.is_file())], base
+    return [dest / POINTER, *set_files(path)], base
 
 
 def shared_store(dest: str | Path) -> Path:

@@ -6,8 +6,11 @@ layout before fold sets, uids absolute paths of the machine that ran it) gets:
     relative to the corpus root;
   - RUN/foldset.json naming that set, and its folds/ removed;
   - the uid column of every RUN/seed-*/<fold>/predictions.csv made relative to the same root.
-A run already migrated is left as it is, so the script can be rerun. It prints what it did and, at the end, any file
-under RESULTS that still names an absolute path.
+Then every fold set in RESULTS/folds/ still in format 1 (its folds' split files in its own folder) is rewritten in
+format 2: each distinct split once in RESULTS/folds/splits/<sha12>.jsonl, named by the sets' folds.json; the
+fingerprints, and so foldset.json of every run, stay as they are.
+A run or set already migrated is left as it is, so the script can be rerun. It prints what it did and, at the end,
+any file under RESULTS that still names an absolute path and any two fold files with the same content.
 
     python scripts/migrate_results.py [RESULTS]          # default: results/
     python scripts/migrate_results.py --dry-run           # say what would change, change nothing
@@ -15,6 +18,8 @@ under RESULTS that still names an absolute path.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import re
 import shutil
 import sys
@@ -45,6 +50,27 @@ def migrate(run: Path, results: Path, dry_run: bool) -> str:
     return f"{run}: {path.relative_to(results)}, {len(predictions)} predictions.csv relative"
 
 
+def upgrade_sets(results: Path, dry_run: bool) -> list[str]:
+    """Rewrite the format-1 fold sets of RESULTS/folds/ in format 2 (atfnn.foldsets.upgrade_foldset)."""
+    done = []
+    for summary in sorted((results / foldsets.STORE).glob("*/" + foldsets.SUMMARY)):
+        path = summary.parent
+        if dry_run:
+            if json.loads(summary.read_text(encoding="utf-8")).get("format", 1) != foldsets.FORMAT:
+                done.append(f"{path}: would be rewritten in format {foldsets.FORMAT}")
+        elif foldsets.upgrade_foldset(path):
+            done.append(f"{path}: format {foldsets.FORMAT}, splits in {path.parent / foldsets.SPLIT_STORE}")
+    return done
+
+
+def duplicate_files(store: Path) -> list[list[Path]]:
+    """Groups of fold files under `store` with the same bytes (none once every set is in format 2)."""
+    by_content: dict[bytes, list[Path]] = {}
+    for path in sorted(store.rglob("*.jsonl")):
+        by_content.setdefault(hashlib.sha256(path.read_bytes()).digest(), []).append(path)
+    return [paths for paths in by_content.values() if len(paths) > 1]
+
+
 def absolute_paths(results: Path) -> list[Path]:
     found = []
     for path in sorted(results.rglob("*")):
@@ -63,13 +89,18 @@ def main(argv: list[str] | None = None) -> int:
     runs = run_dirs(results)
     for run in runs:
         print(migrate(run, results, args.dry_run))
+    upgraded = upgrade_sets(results, args.dry_run)
+    print("\n".join(upgraded) if upgraded else "every fold set is in format 2")
     n_sets = len(list((results / foldsets.STORE).glob("*/" + foldsets.SUMMARY)))
     done = "to migrate" if args.dry_run else "migrated"
     print(f"{len(runs)} run(s) {done}; {n_sets} fold set(s) in {results / foldsets.STORE}")
     left = absolute_paths(results)
     for path in left:
         print(f"still names an absolute path: {path}")
-    return 1 if left and not args.dry_run else 0
+    duplicates = duplicate_files(results / foldsets.STORE)
+    for paths in duplicates:
+        print(f"same content: {', '.join(map(str, paths))}")
+    return 1 if (left or duplicates) and not args.dry_run else 0
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Shared fixtures: where the real corpora are, and skipping (or failing, in CI) when they or the optional packages
-are missing; importing a repository script (benchmarks/, scripts/) that is not part of the package."""
+are missing; importing a repository script (benchmarks/, scripts/) that is not part of the package; the tiny
+synthetic corpus of the experiment tests; speech-like audio, tiny random-init model directories and their predictor."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,7 +9,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
 
+import numpy as np
 import pytest
+import torch
+
+import atfnn
+from atfnn.checkpoint import save_model
+from atfnn.config import FrontEndConfig, ModelConfig
+from atfnn.corpora.synthetic import SyntheticSpec, generate
+from atfnn.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ATFNN_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
@@ -60,3 +69,39 @@ def load_script(relative: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """The synthetic corpus of the experiment tests: 3 speakers, 3 utterances per emotion each (one per module; a
+    module that needs another corpus defines its own `corpus`)."""
+    root = tmp_path_factory.mktemp("synthetic") / "corpus"
+    generate(root, SyntheticSpec(speakers=3, utterances_per_class=3, seed=1))
+    return root
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir):
+    """The module's own `model_dir` fixture, loaded for the CPU."""
+    return atfnn.load(model_dir, device="cpu")
+
+
+def speechlike(seconds: float, rate: int = 16000, seed: int = 0, channels: int = 1) -> np.ndarray:
+    """A harmonic tone with a syllable-rate envelope plus a little noise: (samples,) or (samples, channels)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    f0 = 140 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    wave = sum(np.sin(k * phase) / k for k in range(1, 8)) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t) ** 2)
+    wave = 0.1 * wave + 0.005 * rng.standard_normal(len(t))
+    if channels > 1:
+        wave = np.stack([wave * (1 + 0.1 * c) for c in range(channels)], axis=1)
+    return wave.astype(np.float32)
+
+
+def tiny_model_dir(path: Path, labels: list[str], frontend: FrontEndConfig | None = None, variant: str = "atfnn",
+                   seed: int = 0, info: dict | None = None) -> Path:
+    """A random-init model (16 LSTM units, one layer) for `labels`, saved with save_model into `path`."""
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(variant=variant, lstm_hidden=16, lstm_layers=1), len(labels))
+    return save_model(model, labels, frontend or FrontEndConfig(), path, info)

@@ -129,7 +129,7 @@ def test_report_rebuilds_a_run_and_exports_only_with_the_flag(trained, tmp_path,
     assert capsys.readouterr().out.endswith(f"exported {len(files) + len(shared)} files to {dest}\n")
     assert {"results.json", "report.md", "config.yaml", "foldset.json", f"seed-0/{SPEAKERS[0]}/predictions.csv",
             f"seed-0/{SPEAKERS[0]}/model/model.json"} <= set(files)
-    (foldset,) = {f.split("/")[1] for f in shared}  # the fold set goes once into the shared folds/ beside the run
+    (foldset,) = {f.split("/")[1] for f in shared if f.endswith("/folds.json")}  # the fold set goes once into the shared folds/ beside the run
     assert f"folds/{foldset}/folds.json" in shared and json.loads((dest / "foldset.json").read_text())["foldset"] == foldset
     assert not [f for f in files if f.endswith(".safetensors")], "weights are not exported"
 

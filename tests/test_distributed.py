@@ -19,7 +19,6 @@ from tests.conftest import REPO, require_extra
 
 ray = require_extra("ray", "distributed")
 
-from atfnn.corpora.synthetic import SyntheticSpec, generate  # noqa: E402
 from atfnn.distributed.ray_executor import WORKER_PID, task_resources  # noqa: E402
 from atfnn.experiment import DONE, prepare_corpus, run_experiment  # noqa: E402
 from atfnn.protocols import make_folds  # noqa: E402
@@ -36,13 +35,6 @@ def cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic") / "corpus"
-    generate(root, SyntheticSpec(speakers=3, utterances_per_class=3, seed=1))
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import pytest
 from atfnn import training
 from atfnn.cli import main
 from atfnn.config import load_config
-from atfnn.corpora.synthetic import SyntheticSpec, generate
 from atfnn.errors import ConfigError
 from atfnn.experiment import LOCK, check_run_dir, final_epochs, rescore_run, run_experiment, run_lock
 from atfnn.metrics import uar, war
@@ -25,13 +24,6 @@ TINY = [
     "frontend.segment_hop=128",
     "train.threads=2",
 ]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic") / "corpus"
-    generate(root, SyntheticSpec(speakers=3, utterances_per_class=3, seed=1))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -638,9 +630,10 @@ def test_config_and_fold_files_are_written_atomically_and_synced(corpus, tmp_pat
     prepared = prepare_corpus(config, progress=False, log=lambda m: None)
     replaced.clear()
     write_fold_set(config, make_folds(prepared.utterances, config.protocol), prepared.utterances, out)
-    (store,) = (out / "folds").iterdir()
-    assert set(replaced) == {out / "foldset.json", store}, "the pointer and the whole set, each renamed into place"
-    files = [*store.rglob("*.jsonl"), store / "folds.json"]
-    assert len(files) == 1 + 3 * 3
+    (store,) = [p.parent for p in (out / "folds").glob("*/folds.json")]
+    splits = sorted((out / "folds" / "splits").glob("*.jsonl"))
+    files = [*splits, store / "folds.json"]
+    assert set(replaced) == {out / "foldset.json", *files}, "the pointer and each file of the set renamed into place"
+    assert len(splits) == 3 * 3, "3 folds' train, validation and test: all different with validation utterances"
     assert len(synced) >= len(files) + 2, "each file, the set's folders and the pointer are synced"
     assert not [p for p in out.rglob(".*") if p.name != ".lock"], "no temporary file is left"

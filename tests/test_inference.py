@@ -10,6 +10,7 @@ import soxr
 import torch
 
 import atfnn
+from conftest import speechlike, tiny_model_dir
 from atfnn.audio import features as audio_features
 from atfnn.audio import segment_starts
 from atfnn.checkpoint import save_model
@@ -24,33 +25,14 @@ LABELS = ["angry", "happy", "neutral", "sad"]
 SR = 16000
 
 
-def speechlike(seconds: float, rate: int = SR, seed: int = 0, channels: int = 1) -> np.ndarray:
-    """A harmonic tone with a syllable-rate envelope plus a little noise: (samples,) or (samples, channels)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    f0 = 140 + 30 * np.sin(2 * np.pi * 0.7 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / rate
-    wave = sum(np.sin(k * phase) / k for k in range(1, 8)) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t) ** 2)
-    wave = 0.1 * wave + 0.005 * rng.standard_normal(len(t))
-    if channels > 1:
-        wave = np.stack([wave * (1 + 0.1 * c) for c in range(channels)], axis=1)
-    return wave.astype(np.float32)
-
-
 def make_model_dir(root: Path, norm: str = "none", variant: str = "atfnn", seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(variant=variant, lstm_hidden=16, lstm_layers=1), len(LABELS))
-    return save_model(model, LABELS, FrontEndConfig(norm=norm), root / f"model-{variant}-{norm}", {"note": "test"})
+    return tiny_model_dir(root / f"model-{variant}-{norm}", LABELS, FrontEndConfig(norm=norm), variant, seed,
+                          {"note": "test"})
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     return make_model_dir(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="module")
-def predictor(model_dir):
-    return atfnn.load(model_dir, device="cpu")
 
 
 @pytest.fixture(scope="module")

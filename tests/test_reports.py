@@ -118,7 +118,7 @@ def test_report_and_compare_read_the_old_layout_and_its_export(tmp_path, capsys)
     assert main(["report", str(old), "--export", str(tmp_path / "results" / "new")]) == 0
     new = tmp_path / "results" / "new"
     assert (new / "foldset.json").is_file() and not (new / "folds").exists()
-    assert len(list((tmp_path / "results" / "folds").iterdir())) == 1
+    assert len(list((tmp_path / "results" / "folds").glob("*/folds.json"))) == 1
     exported = (new / "results.json").read_text()
     assert main(["report", str(new)]) == 0, "the exported copy reports from its fold set alone"
     before, after = json.loads(exported), json.loads((new / "results.json").read_text())

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 REQUIRED = os.environ.get("ATFNN_REQUIRE_BROWSER") == "1"
 
@@ -45,10 +44,8 @@ require("python_multipart")
 httpx = require("httpx")
 
 import atfnn  # noqa: E402
-from atfnn.checkpoint import save_model  # noqa: E402
-from atfnn.config import FrontEndConfig, ModelConfig  # noqa: E402
+from conftest import speechlike, tiny_model_dir  # noqa: E402
 from atfnn.errors import ConfigError  # noqa: E402
-from atfnn.model import build_model  # noqa: E402
 from atfnn.serve.app import create_app  # noqa: E402
 from atfnn.serve.main import is_loopback  # noqa: E402
 from atfnn.serve.settings import MIB, ServeSettings  # noqa: E402
@@ -66,15 +63,6 @@ PANELS = ("spectrogram", "f_attention", "t_attention")
 
 
 # ----------------------------------------------------------------------------------------------------- fixtures
-def speechlike(seconds: float, rate: int = SR, seed: int = 0) -> np.ndarray:
-    """A harmonic tone with a syllable-rate envelope and a little noise."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    phase = 2 * np.pi * np.cumsum(140 + 30 * np.sin(2 * np.pi * 0.7 * t)) / rate
-    wave = sum(np.sin(k * phase) / k for k in range(1, 8)) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t) ** 2)
-    return (0.1 * wave + 0.005 * rng.standard_normal(len(t))).astype(np.float32)
-
-
 def encoded(samples: np.ndarray, rate: int = SR, format: str = "WAV", subtype: str | None = None) -> bytes:
     buffer = io.BytesIO()
     sf.write(buffer, samples, rate, format=format, subtype=subtype)
@@ -82,19 +70,12 @@ def encoded(samples: np.ndarray, rate: int = SR, format: str = "WAV", subtype: s
 
 
 def make_model(root: Path, variant: str = "atfnn") -> Path:
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(variant=variant, lstm_hidden=16, lstm_layers=1), len(LABELS))
-    return save_model(model, LABELS, FrontEndConfig(), root / f"tiny-{variant}", {"note": "serve tests"})
+    return tiny_model_dir(root / f"tiny-{variant}", LABELS, variant=variant, info={"note": "serve tests"})
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     return make_model(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="module")
-def predictor(model_dir):
-    return atfnn.load(model_dir, device="cpu")
 
 
 @pytest.fixture(scope="module")
