@@ -29,8 +29,10 @@ TINY = ["model.lstm_hidden=8", "model.lstm_layers=1", "train.batch_size=16", "tr
 def _atfnn(args: list[str], launcher: list[str] | None = None) -> float:
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # threads come from train.threads
     began = time.perf_counter()
-    subprocess.run((launcher or [sys.executable]) + ["-m", "atfnn", *args], cwd=REPO, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run((launcher or [sys.executable]) + ["-m", "atfnn", *args], cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"atfnn {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return round(time.perf_counter() - began, 2)
 
 
