@@ -234,7 +234,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from atfnn.packaged import split_model_argument
 
-    model, inputs = split_model_argument(args.model, args.inputs)
+    model, inputs = split_model_argument(args.model, args.inputs, args.packaged)
     return predict_main(model, inputs, format=args.format, timeline=args.timeline, backend=args.backend,
                         device=args.device)
 
@@ -343,7 +343,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from atfnn.explain import explain_corpus_main, explain_main
     from atfnn.packaged import split_model_argument
 
-    model, audio = split_model_argument(args.model, [args.audio] if args.audio else [])
+    model, audio = split_model_argument(args.model, [args.audio] if args.audio else [], args.packaged)
     if len(audio) > 1:
         raise ATFNNError(f"{args.model}: not a model directory (no model.json); atfnn explain takes one AUDIO file")
     args.model, args.audio = model, (audio[0] if audio else None)
@@ -370,6 +370,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from atfnn.serve.main import serve_main
 
     return serve_main(args)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from atfnn.packaged import list_models
+
+    return list_models(sys.stdout)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -481,6 +487,7 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--timeline", action="store_true", help="per-segment probabilities over time")
     p.add_argument("--backend", choices=["torch", "onnx"], help="default: onnx for an .onnx file, else torch")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: auto)")
+    _packaged_arg(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("explain", help="Fig. 6: log-Mel, F- and T-Attention of a file, or per-emotion profiles")
@@ -490,18 +497,30 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--out", required=True, help="PNG file (one audio) or directory (--corpus)")
     p.add_argument("--limit-per-class", type=_positive, help="with --corpus: at most N utterances per emotion")
     p.add_argument("--speaker", action="append", help="with --corpus: only these speakers (a fold's test speaker)")
+    _packaged_arg(p)
     p.set_defaults(func=cmd_explain)
 
     from atfnn.serve.settings import add_arguments as add_serve_arguments
 
     p = sub.add_parser("serve", help="HTTP API and web page for a model (default: the packaged one)")
     add_serve_arguments(p)
+    _packaged_arg(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("models", help="the packaged models: corpus, labels, cross-validated UAR")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("export", help="export the network to ONNX")
     p.add_argument("model")
     p.add_argument("--onnx", required=True, metavar="PATH")
     p.set_defaults(func=cmd_export)
+
+
+def _packaged_arg(p: argparse.ArgumentParser) -> None:
+    from atfnn.packaged import DEFAULT
+
+    p.add_argument("--packaged", metavar="NAME", help=f"the packaged model used when no model argument is given "
+                   f"(default: {DEFAULT}; `atfnn models` lists them)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

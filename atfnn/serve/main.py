@@ -27,15 +27,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(model: str | None, settings: ServeSettings, device: str | None = None) -> None:
-    """Blocks until interrupted. A host other than a loopback address is served with a warning on stderr."""
+def serve(model: str | None, settings: ServeSettings, device: str | None = None, packaged: str | None = None) -> None:
+    """Blocks until interrupted. Without `model`, the packaged model `packaged` (default: the default one). A host
+    other than a loopback address is served with a warning on stderr."""
     _require_serve_extra()
     import uvicorn
 
     import atfnn
     from atfnn.serve.app import create_app
 
-    predictor = atfnn.load(model, device=device)
+    predictor = atfnn.load(model, device=device, packaged=packaged)
     name = model or f"packaged ({predictor.card.info.get('name', 'atfnn')})"
     if not is_loopback(settings.host):
         print(f"atfnn serve: listening on {settings.host}, reachable from other machines; the API has no "
@@ -51,5 +52,5 @@ def _url_host(host: str) -> str:
 
 
 def serve_main(args: argparse.Namespace) -> int:
-    serve(args.model, settings_from_args(args), device=args.device)
+    serve(args.model, settings_from_args(args), device=args.device, packaged=args.packaged)
     return 0
