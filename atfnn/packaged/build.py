@@ -1,9 +1,12 @@
-"""Turn a `atfnn train --final` model into the packaged one: copy the weights, write the model card.
+"""Turn a `atfnn train --final` model into a packaged one: copy the weights, write the model card.
 
     python -m atfnn.packaged.build RUN/final/model --cv results/casia-atfnn --config configs/casia_atfnn_v1.yaml \
         --out atfnn/packaged/casia-atfnn
+    python -m atfnn.packaged.build RUN/final/model --cv results/emodb-atfnn --config configs/emodb_atfnn.yaml \
+        --out atfnn/packaged/emodb-atfnn
 
-The card's numbers are the cross-validated run's (`--cv`, an exported run with results.json): the packaged model is
+The corpus is the model's own (model.json info.corpus, set by training); its terms, language and caveat are
+CORPORA's. The packaged model's name is the --out folder's name, which is what atfnn.packaged lists. The card's numbers are the cross-validated run's (`--cv`, an exported run with results.json): the packaged model is
 trained on every speaker, so it has no held-out score of its own; the cross-validation of the same configuration is
 the estimate of how it does on a new speaker.
 """
@@ -13,6 +16,7 @@ import argparse
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -21,11 +25,51 @@ from atfnn.checkpoint import load_model, save_model
 from atfnn.errors import ATFNNError
 
 CARD_FILE = "README.md"
+DERIVED = "These weights are derived from it, so the same terms apply to them: research use only. atfnn's code is MIT."
 CASIA_TERMS = ("CASIA Chinese emotional speech corpus, public 1200-utterance subset (4 speakers, 6 emotions): "
-               "copyright of the Institute of Automation, Chinese Academy of Sciences; for research use. These "
-               "weights are derived from it, so the same terms apply to them: research use only. atfnn's code is MIT.")
-EMODB_NOTE = ("EmoDB is not in this model: its copy was replaced by the full-length recordings and its numbers are "
-              "being measured again; a model trained on both corpora is left for when they are.")
+               f"copyright of the Institute of Automation, Chinese Academy of Sciences; for research use. {DERIVED}")
+EMODB_TERMS = ("Berlin Database of Emotional Speech (EmoDB; Burkhardt et al., Interspeech 2005), 535 recordings "
+               f"of 10 actors in 7 emotions: Technische Universität Berlin; freely available for research. {DERIVED}")
+EMODB_NOTE = ("EmoDB is not in this model: it is a separate packaged model, emodb-atfnn, built by "
+              "scripts/build_packaged_model.sh with CORPUS=emodb from results/emodb-atfnn once that cross-validated "
+              "run on the full-length recordings is complete (`atfnn models` lists the models present).")
+CASIA_NOTE = ("CASIA is not in this model: it is a separate packaged model, casia-atfnn, one model per corpus "
+              "(`atfnn models` lists them).")
+OTHER_DATA = "expect much less than the cross-validated figure on other speakers, languages, microphones or " \
+             "spontaneous speech."
+
+
+@dataclass(frozen=True)
+class CorpusTerms:
+    """What a card says about the corpus a packaged model was trained on (../shared/data/README.md)."""
+
+    title: str  # the card's training_data.corpus
+    short: str
+    language: str
+    licence: str
+    not_included: str
+    caveat: str
+    reference: str  # what the cross-validated UAR is compared with
+
+
+CORPORA = {
+    "casia": CorpusTerms(
+        "CASIA (public 1200-utterance subset)", "CASIA", "Mandarin Chinese", CASIA_TERMS, EMODB_NOTE,
+        f"Trained on 4 actors reading 50 sentences in 6 acted emotions: {OTHER_DATA}", "the paper reports 48.75"),
+    "emodb": CorpusTerms(
+        "EmoDB (Berlin Database of Emotional Speech, full-length recordings)", "EmoDB", "German", EMODB_TERMS,
+        CASIA_NOTE, f"Trained on 10 actors reading German sentences in 7 acted emotions, with imbalanced classes "
+        f"(anger 127 ... disgust 46 recordings): {OTHER_DATA}",
+        "EmoDB is not in the paper; openSMILE functionals + linear SVM on the same folds measured 66.7 "
+        "(eGeMAPSv02) and 78.8 (ComParE_2016), ../shared/data/README.md"),
+}
+
+
+def corpus_terms(name: str | None, model_dir: Path) -> CorpusTerms:
+    if name not in CORPORA:
+        raise ATFNNError(f"{model_dir}: trained on corpus {name!r} (model.json info.corpus); packaged cards are "
+                         f"written for {', '.join(CORPORA)}")
+    return CORPORA[name]
 
 
 def cv_summary(cv_dir: Path) -> dict:
@@ -44,6 +88,7 @@ def cv_summary(cv_dir: Path) -> dict:
         "labels": r["labels"],
         "utterances": r["n"] // max(1, len(r["seeds"])),  # every utterance is tested once per seed
         "precision": r.get("config", {}).get("train", {}).get("precision", "fp32"),
+        "corpus": r.get("config", {}).get("corpus", {}).get("name"),
     }
 
 
@@ -63,37 +108,38 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def build_card(model_info: dict, train_config: dict, config_path: str, cv: dict, n_params: int) -> dict:
+def build_card(name: str, terms: CorpusTerms, model_info: dict, train_config: dict, config_path: str, cv: dict,
+               n_params: int) -> dict:
     return {
-        "name": "casia-atfnn",
+        "name": name,
         "task": "speech emotion recognition, one label per recording (mean of 1.28 s segment posteriors)",
         "training_data": {
-            "corpus": "CASIA (public 1200-utterance subset)", "speakers": sorted(cv["uar_per_speaker"]),
-            "utterances": cv["utterances"], "language": "Mandarin Chinese", "sample_rate": 16000,
+            "corpus": terms.title, "speakers": sorted(cv["uar_per_speaker"]),
+            "utterances": cv["utterances"], "language": terms.language, "sample_rate": 16000,
         },
-        "licence": CASIA_TERMS,
-        "not_included": EMODB_NOTE,
+        "licence": terms.licence,
+        "not_included": terms.not_included,
         "configuration": config_path,
         "training": {"epochs": model_info.get("epochs"), "seed": model_info.get("seed"),
                      "precision": train_config.get("precision"), "speakers": "all (--final)"},
         "parameters": n_params,
-        # fp16 halves the package; the weights are loaded back into the fp32 network. tests/test_serve_packaged.py
-        # checks the decisions against those of the fp32 weights (tests/data/packaged_fp32_decisions.json).
+        # fp16 halves the package; the weights are loaded back into the fp32 network. scripts/packaged_fp16_check.py
+        # compares the decisions with those of the fp32 weights; tests/test_serve_packaged.py keeps CASIA's.
         "weights": "fp16, loaded as fp32",
         "cross_validated": cv,
-        "caveat": ("Trained on 4 actors reading 50 sentences in 6 acted emotions: expect much less than the "
-                   "cross-validated figure on other speakers, languages, microphones or spontaneous speech."),
+        "caveat": terms.caveat,
+        "compared_with": terms.reference,
         "built_from_commit": git_commit(),
     }
 
 
-def card_markdown(card: dict, labels: list[str]) -> str:
+def card_markdown(card: dict, labels: list[str], terms: CorpusTerms) -> str:
     cv = card["cross_validated"]
     per_speaker = ", ".join(f"{s} {u:.2f}" for s, u in cv["uar_per_speaker"].items())
     return f"""# Packaged model: {card['name']}
 
-ATFNN, the paper configuration (`{card['configuration']}`), trained with `atfnn train --final` on all
-{len(card['training_data']['speakers'])} speakers of CASIA for {card['training']['epochs']} epochs
+ATFNN, configuration `{card['configuration']}`, trained with `atfnn train --final` on all
+{len(card['training_data']['speakers'])} speakers of {terms.short} for {card['training']['epochs']} epochs
 (precision {card['training']['precision']}, seed {card['training']['seed']}), {card['parameters']:,} parameters,
 fp16 weights, run in fp32. Built by `scripts/build_packaged_model.sh` at commit {card['built_from_commit']}.
 
@@ -104,7 +150,7 @@ fp16 weights, run in fp32. Built by `scripts/build_packaged_model.sh` at commit 
 - **Measured**: cross-validated UAR {cv['uar']:.2f} % (WAR {cv['war']:.2f} %, ± {cv['uar_std_seeds']:.2f} over seeds),
   {cv['protocol']}, from `{cv['source']}` (the same configuration in {cv['precision']}; this model, trained on
   every speaker, has no held-out score of its own). Per test speaker: {per_speaker}. Chance is
-  {100 / len(labels):.1f} %; the paper reports 48.75.
+  {100 / len(labels):.1f} %; {card['compared_with']}.
 - **Not included**: {card['not_included']}
 - **Caveat**: {card['caveat']}
 """
@@ -112,16 +158,19 @@ fp16 weights, run in fp32. Built by `scripts/build_packaged_model.sh` at commit 
 
 def build(model_dir: Path, cv_dir: Path, config_path: str, out: Path) -> Path:
     model, card = load_model(model_dir)
+    terms = corpus_terms(card.info.get("corpus"), model_dir)
     cv = cv_summary(cv_dir)
+    if cv["corpus"] not in (None, card.info["corpus"]):
+        raise ATFNNError(f"{model_dir}: trained on {card.info['corpus']}, but {cv_dir} cross-validated {cv['corpus']}")
     if cv["labels"] != card.labels:
         raise ATFNNError(f"{model_dir}: labels {card.labels} differ from {cv_dir}'s {cv['labels']}")
     config_file = model_dir.parent / "config.yaml"
     train_config = yaml.safe_load(config_file.read_text())["train"] if config_file.is_file() else {}
     n_params = sum(p.numel() for p in model.parameters())
-    model_card = build_card(card.info, train_config, config_path, cv, n_params)
+    model_card = build_card(out.name, terms, card.info, train_config, config_path, cv, n_params)
     save_model(model.half(), card.labels, card.frontend, out, info={**card.info, "name": model_card["name"],
                                                                      "card": model_card})
-    (out / CARD_FILE).write_text(card_markdown(model_card, card.labels))
+    (out / CARD_FILE).write_text(card_markdown(model_card, card.labels, terms))
     return out
 
 
@@ -130,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", type=Path, help="the --final model directory (RUN/final/model)")
     parser.add_argument("--cv", type=Path, required=True, help="the exported cross-validated run of the same config")
     parser.add_argument("--config", required=True, help="the experiment YAML it was trained with (named in the card)")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True,
+                        help="the packaged model's folder (atfnn/packaged/<corpus>-atfnn); its name is the model's")
     args = parser.parse_args(argv)
     try:
         out = build(args.model, args.cv, args.config, args.out)
