@@ -26,7 +26,7 @@ CASIA_LABELS = ["angry", "fear", "happy", "neutral", "sad", "surprise"]
 def test_the_packaged_model_loads_and_predicts_a_casia_file(casia_root):
     predictor = atfnn.load(device="cpu")
     assert predictor.labels == CASIA_LABELS and predictor.card.model.variant == "atfnn"
-    weights = load_file(str(packaged.PACKAGED_DIR / WEIGHTS))
+    weights = load_file(str(packaged.packaged_model_dir() / WEIGHTS))
     assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}  # shipped in fp16
     assert {p.dtype for p in predictor.model.parameters()} == {torch.float32}  # and run in fp32
     result = predictor.predict(casia_root / "wangzhe" / "angry" / "201.wav")
@@ -48,18 +48,19 @@ def test_the_packaged_card_states_data_licence_labels_and_the_cross_validated_ua
     assert "Institute of Automation" in card["licence"] and "research use" in card["licence"]
     assert "EmoDB" in card["not_included"]
     assert card["training_data"]["speakers"] == sorted({f["test"] for f in cv["folds"]})
-    readme = (packaged.PACKAGED_DIR / "README.md").read_text()
+    readme = (packaged.packaged_model_dir() / "README.md").read_text()
     assert f"{round(cv['uar'], 2):.2f}" in readme and ", ".join(CASIA_LABELS) in readme
 
 
 # ----------------------------------------------------------------------------------------------------- no argument
 @pytest.fixture
 def tiny_packaged(tmp_path, monkeypatch) -> Path:
-    """Make a tiny random-init model the packaged one for this test."""
+    """Make a tiny random-init model the default packaged one for this test."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(lstm_hidden=16, lstm_layers=1), len(CASIA_LABELS))
-    directory = save_model(model, CASIA_LABELS, FrontEndConfig(), tmp_path / "packaged", {"name": "tiny"})
-    monkeypatch.setattr(packaged, "PACKAGED_DIR", directory)
+    directory = save_model(model, CASIA_LABELS, FrontEndConfig(), tmp_path / "packaged" / packaged.DEFAULT,
+                           {"name": "tiny"})
+    monkeypatch.setenv(packaged.ROOT_ENV, str(directory.parent))
     return directory
 
 
@@ -97,6 +98,6 @@ def test_a_mistyped_model_is_reported_as_a_model_not_as_audio(tiny_packaged, wav
 
 
 def test_a_missing_packaged_model_names_the_build_command(tmp_path, monkeypatch):
-    monkeypatch.setattr(packaged, "PACKAGED_DIR", tmp_path / "absent")
+    monkeypatch.setenv(packaged.ROOT_ENV, str(tmp_path / "absent"))
     with pytest.raises(ATFNNError, match="scripts/build_packaged_model.sh"):
         atfnn.load()
