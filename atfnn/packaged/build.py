@@ -6,7 +6,9 @@
         --out atfnn/packaged/emodb-atfnn
 
 The corpus is the model's own (model.json info.corpus, set by training); its terms, language and caveat are
-CORPORA's. The packaged model's name is the --out folder's name, which is what atfnn.packaged lists. The card's numbers are the cross-validated run's (`--cv`, an exported run with results.json): the packaged model is
+CORPORA's. The packaged model's name is the --out folder's name, which is what atfnn.packaged lists.
+
+The card's numbers are the cross-validated run's (`--cv`, an exported run with results.json): the packaged model is
 trained on every speaker, so it has no held-out score of its own; the cross-validation of the same configuration is
 the estimate of how it does on a new speaker.
 """
