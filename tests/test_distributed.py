@@ -111,13 +111,13 @@ def test_a_killed_driver_is_finished_by_rerunning_the_command(cluster, corpus, c
                "--executor", "ray", "--address", cluster]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # generous: on a loaded 2-core machine a tiny fold can take minutes
     while not any(out.glob(f"seed-0/*/{DONE}")) and time.monotonic() < deadline and driver.poll() is None:
         time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     finished = len(list(out.glob(f"seed-0/*/{DONE}")))
-    assert 1 <= finished < 3 and not (out / "results.json").exists(), "the driver died mid-run"
+    assert 1 <= finished < 3 and not (out / "results.json").exists(), f"the driver died after {finished} folds"
     run_experiment(config, out, progress=False, executor="ray", log=lambda m: None)
     assert predictions(out) == predictions(reference)
     assert (out / "results.json").is_file()
