@@ -11,6 +11,7 @@ from typing import NoReturn
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 import atfnn
@@ -105,3 +106,12 @@ def tiny_model_dir(path: Path, labels: list[str], frontend: FrontEndConfig | Non
     torch.manual_seed(seed)
     model = build_model(ModelConfig(variant=variant, lstm_hidden=16, lstm_layers=1), len(labels))
     return save_model(model, labels, frontend or FrontEndConfig(), path, info)
+
+
+@pytest.fixture
+def wav(tmp_path) -> Path:
+    """A 2-s 16 kHz tone with a 3 Hz amplitude envelope: speech-like enough for predict and explain."""
+    t = np.arange(32000) / 16000
+    path = tmp_path / "speech.wav"
+    sf.write(path, (0.1 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32), 16000)
+    return path

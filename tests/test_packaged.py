@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 from conftest import tiny_model_dir
 
 import atfnn
@@ -55,14 +53,6 @@ def root(tmp_path, monkeypatch) -> Path:
     (root / "__pycache__").mkdir()
     monkeypatch.setenv(packaged.ROOT_ENV, str(root))
     return root
-
-
-@pytest.fixture
-def wav(tmp_path) -> Path:
-    t = np.arange(32000) / 16000
-    path = tmp_path / "speech.wav"
-    sf.write(path, (0.1 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32), 16000)
-    return path
 
 
 # ------------------------------------------------------------------------------------------------------- registry

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
@@ -62,14 +60,6 @@ def tiny_packaged(tmp_path, monkeypatch) -> Path:
                            {"name": "tiny"})
     monkeypatch.setenv(packaged.ROOT_ENV, str(directory.parent))
     return directory
-
-
-@pytest.fixture
-def wav(tmp_path) -> Path:
-    t = np.arange(32000) / 16000
-    path = tmp_path / "speech.wav"
-    sf.write(path, (0.1 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32), 16000)
-    return path
 
 
 def test_load_without_a_path_is_the_packaged_model(tiny_packaged, wav):
