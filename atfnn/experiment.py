@@ -29,6 +29,7 @@ from atfnn import kernels
 from atfnn.checkpoint import save_model
 from atfnn.config import ExperimentConfig, from_dict
 from atfnn.corpora import Utterance, load_corpus
+from atfnn.distributed import ddp
 from atfnn.errors import ConfigError, CorpusError
 from atfnn.foldsets import read_run_folds, write_run_folds
 from atfnn.frontend import NormStats, apply_stats, fit_global_stats
@@ -196,8 +197,6 @@ def run_experiment(
         raise ConfigError(f"jobs must be at least 1, got {jobs}")
     if executor not in ("local", "ray"):
         raise ConfigError(f"executor must be 'local' or 'ray', got {executor!r}")
-    from atfnn.distributed import ddp
-
     if ddp.world_size() > 1 and (executor == "ray" or jobs > 1):
         raise ConfigError("under torchrun the processes train each fold together, one fold after another: "
                           "drop --jobs and --executor")
@@ -369,8 +368,6 @@ def _finish_fold(
     scores: dict, extra: dict, seconds: float, stats: NormStats | None = None,
 ) -> dict:
     """predictions.csv, the model, then done.json (written last: a fold is finished when it exists)."""
-    from atfnn.distributed import ddp
-
     if not ddp.is_main():  # under torchrun every process holds the same model; rank 0 writes it
         return {"fold": fold.name, "seed": seed, "war": scores["war"], "uar": scores["uar"]}
     by_uid = {u.uid: u for u in corpus.utterances}
@@ -447,7 +444,7 @@ def select_epochs(
     selection = Selection(int(np.argmax(curve)) + 1, curve, inner, len(inner), seconds)
     log(f"seed {seed}, fold {fold.name}: inner-loso over {len(inner)} training speakers chose {selection.epochs} "
         f"epoch(s)")
-    if _writes():
+    if ddp.is_main():  # under torchrun rank 0 alone writes
         atomic_write_text(saved, json.dumps(asdict(selection), indent=2) + "\n")
     return selection
 
@@ -468,17 +465,10 @@ def _inner_curve(
     metric = config.train.select_metric
     curve = [-row["val_loss"] if metric == "loss" else row[f"val_{metric}"] for row in result.history]
     record = {"curve": curve, "steps": result.steps, "seconds": round(result.seconds, 1)}
-    if _writes():
+    if ddp.is_main():  # under torchrun rank 0 alone writes
         atomic_write_text(saved, json.dumps(record, indent=2) + "\n")
         (inner_dir / CHECKPOINT).unlink(missing_ok=True)
     return record
-
-
-def _writes() -> bool:
-    """Whether this process writes a fold's files: always, except the ranks above 0 under torchrun."""
-    from atfnn.distributed import ddp
-
-    return ddp.is_main()
 
 
 def final_epochs(run_dir: str | Path) -> int:
@@ -495,8 +485,6 @@ def train_final(
 ) -> tuple[Path, int]:
     """`atfnn train --final`: under the run's lock, a model on every speaker for `epochs` (default: final_epochs of
     the run) into RUN_DIR/final; returns its model directory and the epoch count."""
-    from atfnn.distributed import ddp
-
     run_dir = Path(run_dir)
     # Under torchrun the processes train one model together: rank 0 holds the lock for all of them.
     with run_lock(run_dir) if ddp.is_main() else contextlib.nullcontext():
@@ -508,8 +496,6 @@ def fit_final(
     config: ExperimentConfig, out: str | Path, epochs: int, progress: bool = True, log: Callable[[str], None] = print
 ) -> Path:
     """Train one deployable model on every speaker of the corpus for a fixed number of epochs; returns its directory."""
-    from atfnn.distributed import ddp
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = setup_process(config)
