@@ -54,6 +54,9 @@ def save_model(
             f"{directory}: the network takes {model.config.n_mels} x {model.config.frames} segments but the front end "
             f"makes {frontend.n_mels} x {frontend.segment_frames} (frontend.n_mels x frontend.segment_frames)"
         )
+    if frontend.norm == "global" and norm_stats is None:
+        raise ConfigError(f"{directory}: frontend.norm=global needs the training split's statistics (norm_stats) "
+                          "saved with the model; without them it could not predict")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {
         "format": FORMAT,

@@ -18,6 +18,7 @@ import atfnn
 from atfnn.checkpoint import save_model
 from atfnn.config import FrontEndConfig, ModelConfig
 from atfnn.corpora.synthetic import SyntheticSpec, generate
+from atfnn.frontend import NormStats
 from atfnn.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,10 +103,16 @@ def speechlike(seconds: float, rate: int = 16000, seed: int = 0, channels: int =
 
 def tiny_model_dir(path: Path, labels: list[str], frontend: FrontEndConfig | None = None, variant: str = "atfnn",
                    seed: int = 0, info: dict | None = None) -> Path:
-    """A random-init model (16 LSTM units, one layer) for `labels`, saved with save_model into `path`."""
+    """A random-init model (16 LSTM units, one layer) for `labels`, saved with save_model into `path`; with
+    frontend.norm=global, with made-up training statistics (mean -5, std 2 in every band)."""
     torch.manual_seed(seed)
     model = build_model(ModelConfig(variant=variant, lstm_hidden=16, lstm_layers=1), len(labels))
-    return save_model(model, labels, frontend or FrontEndConfig(), path, info)
+    frontend = frontend or FrontEndConfig()
+    stats = None
+    if frontend.norm == "global":
+        ones = np.ones((frontend.n_mels, 1), dtype=np.float32)
+        stats = NormStats(-5 * ones, 2 * ones, 1000)
+    return save_model(model, labels, frontend, path, info, norm_stats=stats)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """atfnn.load / Predictor on a tiny random-init model saved with save_model (the predict command: test_cli.py)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -215,9 +216,13 @@ def test_a_global_model_carries_its_statistics_and_needs_them(tmp_path, wav3):
     raw = atfnn.load(save_with(tmp_path, FrontEndConfig(), name="raw"), device="cpu").features(wav3).segments
     got = atfnn.load(save_with(tmp_path, FrontEndConfig(norm="global"), stats, "with"), device="cpu").features(wav3)
     torch.testing.assert_close(got.segments, (raw + 5) / 2)
-    without = atfnn.load(save_with(tmp_path, FrontEndConfig(norm="global"), name="without"), device="cpu")
+    # Saving refuses a global model without them; a model.json that lost them is an error at prediction.
+    stripped = save_with(tmp_path, FrontEndConfig(norm="global"), stats, "without")
+    meta = json.loads((stripped / "model.json").read_text())
+    del meta["norm_stats"]
+    (stripped / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ATFNNError, match="norm=global needs the training statistics"):
-        without.predict(wav3)
+        atfnn.load(stripped, device="cpu").predict(wav3)
     assert read_card(save_with(tmp_path, FrontEndConfig(), name="plain")).norm_stats is None
 
 

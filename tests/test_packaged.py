@@ -14,6 +14,7 @@ import atfnn.explain
 import atfnn.packaged as packaged
 from atfnn.checkpoint import read_card
 from atfnn.cli import main
+from atfnn.config import FrontEndConfig
 from atfnn.errors import ATFNNError
 from atfnn.packaged.build import CORPORA, build
 
@@ -34,8 +35,8 @@ def cross_validated_run(path: Path, corpus: str, labels: list[str], speakers: li
 
 
 def built_model(tmp_path: Path, root: Path, corpus: str, labels: list[str], speakers: list[str],
-                config: str) -> Path:
-    final = tiny_model_dir(tmp_path / f"run-{corpus}" / "final" / "model", labels,
+                config: str, norm: str = "none") -> Path:
+    final = tiny_model_dir(tmp_path / f"run-{corpus}" / "final" / "model", labels, FrontEndConfig(norm=norm),
                            info={"corpus": corpus, "speakers": "all", "epochs": 3, "seed": 0})
     cv = cross_validated_run(tmp_path / f"results-{corpus}", corpus, labels, speakers)
     return build(final, cv, config, root / f"{corpus}-atfnn")
@@ -47,7 +48,8 @@ def root(tmp_path, monkeypatch) -> Path:
     not models; ATFNN_PACKAGED_DIR points at it."""
     root = tmp_path / "packaged"
     built_model(tmp_path, root, "casia", CASIA_LABELS, ["liuchanhg", "wangzhe"], "configs/casia_atfnn_v1.yaml")
-    built_model(tmp_path, root, "emodb", EMODB_LABELS, ["03", "08", "09"], "configs/emodb_atfnn.yaml")
+    # As the shipped ones: the CASIA model of the first reading (raw log-Mel), the EmoDB one normalised.
+    built_model(tmp_path, root, "emodb", EMODB_LABELS, ["03", "08", "09"], "configs/emodb_atfnn.yaml", "global")
     (root / "half-built").mkdir()
     (root / "half-built" / "model.json").write_text("{}")  # no weights: not listed
     (root / "__pycache__").mkdir()

@@ -222,6 +222,14 @@ def test_saving_a_network_that_does_not_fit_its_front_end_is_refused(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+def test_saving_a_globally_normalised_model_without_its_statistics_is_refused(tmp_path):
+    """Without them the saved model could not predict a single file."""
+    model = build_model(ModelConfig(lstm_hidden=8, lstm_layers=1), len(LABELS))
+    with pytest.raises(ConfigError, match="m: frontend.norm=global needs the training split's statistics"):
+        save_model(model, LABELS, FrontEndConfig(norm="global"), tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
 def test_saving_over_a_model_replaces_it_and_leaves_no_temporary(model_dir):
     model, card = load_model(model_dir)
     save_model(model, ["x", "y", "z"], card.frontend, model_dir)

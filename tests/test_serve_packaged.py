@@ -3,6 +3,7 @@ predicts a CASIA file; the others point the packaged location at a tiny random-i
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,33 +22,62 @@ REPO = Path(__file__).resolve().parents[1]
 CASIA_LABELS = ["angry", "fear", "happy", "neutral", "sad", "surprise"]
 
 
-def test_the_packaged_model_loads_and_predicts_a_casia_file(casia_root):
-    predictor = atfnn.load(device="cpu")
-    assert predictor.labels == CASIA_LABELS and predictor.card.model.variant == "atfnn"
-    weights = load_file(str(packaged.packaged_model_dir() / WEIGHTS))
+EMODB_LABELS = ["angry", "bored", "disgust", "fear", "happy", "neutral", "sad"]
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """A packaged model in the repository and what its card must agree with."""
+
+    name: str
+    corpus: str  # the corpus fixture's name
+    labels: list[str]
+    example: str  # a file of its corpus, relative to the root
+    licence: str  # words its licence terms must contain
+    other: str  # the other packaged model, named in not_included
+
+
+SHIPPED = [
+    Shipped("casia-atfnn", "casia_root", CASIA_LABELS, "wangzhe/angry/201.wav", "Institute of Automation", "EmoDB"),
+    Shipped("emodb-atfnn", "emodb_root", EMODB_LABELS, "wav/03a01Fa.wav", "Technische Universität Berlin",
+            "casia-atfnn"),
+]
+BY_NAME = pytest.mark.parametrize("shipped", SHIPPED, ids=[s.name for s in SHIPPED])
+
+
+@BY_NAME
+def test_a_packaged_model_loads_and_predicts_a_file_of_its_corpus(shipped, request):
+    root = request.getfixturevalue(shipped.corpus)
+    predictor = atfnn.load(packaged=shipped.name, device="cpu")
+    assert predictor.labels == shipped.labels and predictor.card.model.variant == "atfnn"
+    weights = load_file(str(packaged.packaged_model_dir(shipped.name) / WEIGHTS))
     assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}  # shipped in fp16
     assert {p.dtype for p in predictor.model.parameters()} == {torch.float32}  # and run in fp32
-    result = predictor.predict(casia_root / "wangzhe" / "angry" / "201.wav")
-    assert result.label in CASIA_LABELS and sum(result.probs.values()) == pytest.approx(1.0)
+    result = predictor.predict(root / shipped.example)
+    assert result.label in shipped.labels and sum(result.probs.values()) == pytest.approx(1.0)
     assert result.duration > 1.0 and len(result.timeline) >= 1
 
 
-def test_the_fp16_packaged_weights_make_the_fp32_decisions(casia_root):
-    expected = json.loads((REPO / "tests" / "data" / "packaged_fp32_decisions.json").read_text())["decisions"]
-    results = atfnn.load(device="cpu").predict_many([casia_root / name for name in expected], 64)
+@BY_NAME
+def test_the_fp16_packaged_weights_make_the_fp32_decisions(shipped, request):
+    root = request.getfixturevalue(shipped.corpus)
+    suffix = "" if shipped.name == packaged.DEFAULT else f"_{shipped.name.split('-')[0]}"
+    expected = json.loads((REPO / "tests" / "data" / f"packaged{suffix}_fp32_decisions.json").read_text())["decisions"]
+    results = atfnn.load(packaged=shipped.name, device="cpu").predict_many([root / name for name in expected], 64)
     assert {name: r.label for name, r in zip(expected, results)} == expected
 
 
-def test_the_packaged_card_states_data_licence_labels_and_the_cross_validated_uar():
-    card = read_card(packaged.packaged_model_dir()).info["card"]
-    cv = json.loads((REPO / "results" / "casia-atfnn" / "results.json").read_text())
+@BY_NAME
+def test_the_packaged_card_states_data_licence_labels_and_the_cross_validated_uar(shipped):
+    card = read_card(packaged.packaged_model_dir(shipped.name)).info["card"]
+    cv = json.loads((REPO / "results" / shipped.name / "results.json").read_text())
     assert card["cross_validated"]["uar"] == round(cv["uar"], 2)
-    assert card["cross_validated"]["labels"] == CASIA_LABELS
-    assert "Institute of Automation" in card["licence"] and "research use" in card["licence"]
-    assert "EmoDB" in card["not_included"]
+    assert card["cross_validated"]["labels"] == shipped.labels == cv["labels"]
+    assert shipped.licence in card["licence"] and "research" in card["licence"]
+    assert shipped.other in card["not_included"] and "once" not in card["not_included"]
     assert card["training_data"]["speakers"] == sorted({f["test"] for f in cv["folds"]})
-    readme = (packaged.packaged_model_dir() / "README.md").read_text()
-    assert f"{round(cv['uar'], 2):.2f}" in readme and ", ".join(CASIA_LABELS) in readme
+    readme = (packaged.packaged_model_dir(shipped.name) / "README.md").read_text()
+    assert f"{round(cv['uar'], 2):.2f}" in readme and ", ".join(shipped.labels) in readme
 
 
 # ----------------------------------------------------------------------------------------------------- no argument
