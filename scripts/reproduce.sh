@@ -6,7 +6,8 @@
 #   scripts/reproduce.sh                 # everything below, in order
 #   scripts/reproduce.sh casia-atnn      # one run by name
 #
-# JOBS (default 2) folds train at once. Runs marked "monitored" also log the test speaker's UAR per epoch
+# JOBS (default 2) folds train at once; EXTRA is added to every train command (e.g. EXTRA="--set train.threads=1"
+# for two copies of this script side by side, each on its own list of runs, JOBS=1). Runs marked "monitored" also log the test speaker's UAR per epoch
 # (train.monitor_test, analysis only: selection never sees it, training is unchanged). To add seeds to a run whose
 # results/ export is all that is left, copy results/<run> to runs/<run> first: its finished folds are skipped (the
 # fold set it names in foldset.json is in results/folds/; `atfnn train` writes it again into runs/<run>/folds/).
@@ -15,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ATFNN=${ATFNN:-.venv/bin/atfnn}
 JOBS=${JOBS:-2}
+EXTRA=${EXTRA:-}
 MONITOR="--set train.monitor_test=true"
 
 declare -A CMD=(
@@ -36,7 +38,7 @@ declare -A CMD=(
   [casia-atfnn-gnorm]="configs/casia_atfnn_gnorm.yaml"
   # The default reading (configs/paper.yaml) from 2026-12-02 on; both trained one fold at a time each, side by side
   # (JOBS=1 --set train.threads=1 in the session that made them).
-  [casia-atfnn-v2]="configs/casia_atfnn.yaml $MONITOR"
+  [casia-atfnn-v2]="configs/casia_atfnn.yaml --seeds 3 $MONITOR"  # seed 0 on the AMD EPYC (af71fb3), seeds 1-2 added from its export
   [emodb-atfnn]="configs/emodb_atfnn.yaml $MONITOR"
   # Still to run (docs/results.md, convergence study): each option alone on the first reading, the default reading
   # under inner-LOSO with 3 seeds, and Table III's ablations on the default reading.
@@ -47,9 +49,9 @@ declare -A CMD=(
   [casia-atfnn-trainhop]="configs/casia_atfnn_trainhop.yaml $MONITOR"
   [casia-atfnn-cosine]="configs/casia_atfnn_cosine.yaml $MONITOR"
   [casia-atfnn-innerloso]="configs/casia_atfnn_innerloso.yaml --seeds 3 $MONITOR"
-  [casia-atnn-v2]="configs/casia_atnn.yaml $MONITOR"
-  [casia-afnn-v2]="configs/casia_afnn.yaml $MONITOR"
-  [casia-tfnn-v2]="configs/casia_tfnn.yaml $MONITOR"
+  [casia-atnn-v2]="configs/casia_atnn.yaml --seeds 3 $MONITOR"
+  [casia-afnn-v2]="configs/casia_afnn.yaml --seeds 3 $MONITOR"
+  [casia-tfnn-v2]="configs/casia_tfnn.yaml --seeds 3 $MONITOR"
 )
 ORDER=(casia-atfnn casia-atnn casia-afnn casia-atfnn-spknorm casia-tfnn emodb-2s-atfnn casia-atfnn-spknorm-aug
        casia-atfnn-utterancenorm casia-atfnn-spknorm-reg casia-atfnn-spknorm-reg-ema casia-atfnn-spknorm-reg-ema-spkval
@@ -62,7 +64,7 @@ for run in "${@:-${ORDER[@]}}"; do
   [[ -n "${CMD[$run]:-}" ]] || { echo "unknown run $run; one of: ${ORDER[*]}" >&2; exit 2; }
   echo "== $run: $(date -u +%FT%TZ)"
   # shellcheck disable=SC2086
-  $ATFNN train ${CMD[$run]} --out "runs/$run" --jobs "$JOBS" --no-progress
+  $ATFNN train ${CMD[$run]} $EXTRA --out "runs/$run" --jobs "$JOBS" --no-progress
   $ATFNN report "runs/$run" --export "results/$run" > /dev/null
   echo "== $run done: $(date -u +%FT%TZ)"
 done
