@@ -171,9 +171,11 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from atfnn.reports import compare
+    from atfnn.reports import compare, compare_speakers
 
-    print(compare(args.runs), end="")
+    if args.seed is not None and not args.speakers:
+        raise ATFNNError("compare: --seed needs --speakers")
+    print(compare_speakers(args.runs, args.seed) if args.speakers else compare(args.runs), end="")
     return 0
 
 
@@ -458,6 +460,9 @@ def _add_experiment_commands(sub) -> None:
 
     p = sub.add_parser("compare", help="one table of several runs (Table III layout)")
     p.add_argument("runs", nargs="+", help="run directories or results.json files")
+    p.add_argument("--speakers", action="store_true",
+                   help="per test speaker: UAR and the class predicted most, with its share (run directories only)")
+    p.add_argument("--seed", type=int, help="with --speakers: only this seed of each run")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="recompute results.json, report.md and confusion.png of a run")

@@ -436,6 +436,59 @@ def compare(run_dirs: Sequence[str | Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _fold_shares(run_path: Path, fold: dict[str, Any], labels: Sequence[str]) -> dict[str, float]:
+    """A fold's predicted-class shares: results.json's, or from its predictions.csv (exports made before they were
+    recorded)."""
+    if "pred_share" in fold:
+        return fold["pred_share"]
+    csv_path = run_path.parent / f"seed-{fold['seed']}" / fold["test"] / "predictions.csv"
+    if not csv_path.is_file():
+        return {}
+    return prediction_shares([row["pred"] for row in read_predictions(csv_path)], labels)
+
+
+def _seed_subset(results: dict[str, Any], seed: int | None) -> dict[str, Any]:
+    """results.json restricted to one seed (its pooled scores and folds); all seeds when seed is None."""
+    if seed is None:
+        return results
+    kept = [s for s in results["seeds"] if s["seed"] == seed]
+    if not kept:
+        return {**results, "seeds": [], "folds": []}
+    return {**results, "seeds": kept, "uar": kept[0]["uar"], "war": kept[0]["war"], "uar_std_seeds": 0.0,
+            "folds": [f for f in results["folds"] if f["seed"] == seed]}
+
+
+def compare_speakers(run_dirs: Sequence[str | Path], seed: int | None = None) -> str:
+    """One Markdown row per run: pooled UAR, then per test speaker its UAR (mean over seeds) and the class it was
+    given most, with that class's share of its predictions (mean over seeds): the per-speaker collapse. With `seed`,
+    only that seed of each run (a run without it shows dashes)."""
+    loaded = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "results.json"
+        if not path.is_file():
+            raise ATFNNError(f"{run_dir}: no results.json; finish the run (or rerun `atfnn report`) first")
+        loaded.append((Path(run_dir).name, path, _seed_subset(json.loads(path.read_text()), seed)))
+    speakers = sorted({f["test"] for _, _, r in loaded for f in r["folds"]}, key=str.lower)
+    lines = ["| Run | Seeds | UAR (%) | " + " | ".join(speakers) + " | kept epochs |", "|---" * (len(speakers) + 4) + "|"]
+    for name, path, r in loaded:
+        cells = []
+        for speaker in speakers:
+            folds = [f for f in r["folds"] if f["test"] == speaker]
+            shares = [_fold_shares(path, f, r["labels"]) for f in folds]
+            if not folds or not all(shares):
+                cells.append("–")
+                continue
+            mean_share = {k: float(np.mean([sh[k] for sh in shares])) for k in r["labels"]}
+            top = max(mean_share, key=mean_share.get)
+            cells.append(f"{np.mean([f['uar'] for f in folds]):.2f} ({top} {mean_share[top]:.0f} %)")
+        epochs = [f["best_epoch"] for f in r["folds"] if f.get("best_epoch") is not None]
+        kept = f"{min(epochs)}-{max(epochs)}" if epochs else "–"
+        n = len(r["seeds"])
+        uar = f"{r['uar']:.2f} ± {r['uar_std_seeds']:.2f}" if n > 1 else f"{r['uar']:.2f}" if n else "–"
+        lines.append(f"| {name} | {n} | {uar} | " + " | ".join(cells) + f" | {kept} |")
+    return "\n".join(lines) + "\n"
+
+
 # The small, text-like files of a run: enough to recompute every number and to resume it (finished folds are skipped
 # by their done.json); no weights and no resume checkpoints. The fold set is stored apart (atfnn.foldsets).
 EXPORT_PATTERNS = (

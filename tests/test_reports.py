@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from atfnn.errors import ATFNNError
-from atfnn.reports import compare, finalise_run, write_predictions
+from atfnn.reports import compare, compare_speakers, finalise_run, write_predictions
 
 LABELS = ["angry", "sad"]
 
@@ -145,3 +145,24 @@ def test_the_report_gives_each_test_speakers_share_of_predicted_classes(run):
     assert shares["b"] == pytest.approx({"angry": 25.0, "sad": 75.0})
     report = (run / "report.md").read_text()
     assert "| 0 | b | 25.0 | 75.0 | 75.0 |" in report and "| 0 | a | 33.3 | 66.7 | 66.7 |" in report
+
+
+def test_compare_speakers_gives_each_test_speakers_uar_and_largest_class(run):
+    fake_fold(run, 1, "b", [("angry", "angry"), ("sad", "angry"), ("sad", "angry"), ("sad", "angry")])
+    results = finalise_run(run, LABELS, {"corpus": {"name": "casia"}, "model": {"variant": "atfnn"}})
+    # fold b: seed 0 UAR 33.3 with sad 75 %, seed 1 UAR 50 with angry 100 %: means 41.67, angry 62.5 % (sad 37.5)
+    table = compare_speakers([run]).splitlines()
+    assert table[0] == "| Run | Seeds | UAR (%) | a | b | kept epochs |"
+    assert table[2].startswith(f"| run | 2 | {results['uar']:.2f} ± {results['uar_std_seeds']:.2f} |")
+    assert "| 41.67 (angry 62 %) |" in table[2] and table[2].endswith("| 1-1 |")
+    only_0 = compare_speakers([run], seed=0).splitlines()[2]
+    assert only_0.startswith("| run | 1 | 65.00 | 100.00 (sad 67 %) | 33.33 (sad 75 %) |")
+
+
+def test_compare_speakers_reads_the_shares_of_an_export_made_before_they_were_recorded(run):
+    finalise_run(run, LABELS, {"corpus": {"name": "casia"}, "model": {"variant": "atfnn"}})
+    saved = json.loads((run / "results.json").read_text())
+    for fold in saved["folds"]:
+        del fold["pred_share"]
+    (run / "results.json").write_text(json.dumps(saved))
+    assert "| 33.33 (sad 75 %) |" in compare_speakers([run], seed=0)
