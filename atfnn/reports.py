@@ -490,10 +490,13 @@ def compare_speakers(run_dirs: Sequence[str | Path], seed: int | None = None) ->
 
 
 # The small, text-like files of a run: enough to recompute every number and to resume it (finished folds are skipped
-# by their done.json); no weights and no resume checkpoints. The fold set is stored apart (atfnn.foldsets).
+# by their done.json; with inner-loso a chosen epoch count and each finished inner fold's curve are kept too, so a
+# resumed copy neither retrains them nor lets another seed choose again); no weights and no resume checkpoints. The
+# fold set is stored apart (atfnn.foldsets).
 EXPORT_PATTERNS = (
     "config.yaml", "run.json", "results.json", "report.md", "confusion.png",
     "seed-*/*/done.json", "seed-*/*/log.csv", "seed-*/*/predictions.csv", "seed-*/*/model/model.json",
+    "seed-*/*/selection.json", "seed-*/*/inner/*/curve.json", "seed-*/*/inner/*/log.csv",
 )
 
 

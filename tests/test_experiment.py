@@ -510,6 +510,43 @@ def test_inner_folds_resume_from_their_checkpoints(corpus, tmp_path, trainer_spy
     assert not (inner / "spk03" / "last.pt").exists() and (inner / "spk03" / "curve.json").is_file()
 
 
+def test_an_export_of_an_unfinished_inner_loso_run_resumes_without_retraining_a_finished_inner_fold(
+    corpus, tmp_path, trainer_spy, monkeypatch
+):
+    from atfnn.reports import export_run
+
+    class Stop(Exception):
+        pass
+
+    real_save = training._save_checkpoint
+
+    def crash_on_second_inner(path, *args):
+        real_save(path, *args)
+        if path.parent.name == "spk03":
+            raise Stop
+
+    config = tiny_config(corpus, tmp_path / "cache", "protocol.selection=inner-loso", "protocol.inner_seeds=1",
+                         "train.epochs=1")
+    out = tmp_path / "run"
+    monkeypatch.setattr(training, "_save_checkpoint", crash_on_second_inner)
+    with pytest.raises(Stop):
+        run_experiment(config, out, folds=["spk01"], progress=False, log=lambda m: None)
+    monkeypatch.setattr(training, "_save_checkpoint", real_save)
+    copy = tmp_path / "results" / "run"
+    export_run(out, copy)
+    assert (copy / "seed-0" / "spk01" / "inner" / "spk02" / "curve.json").is_file()
+    trainer_spy.clear()
+    run_experiment(config, copy, folds=["spk01"], progress=False, log=lambda m: None)
+    assert [c["dir"].relative_to(copy).as_posix() for c in trainer_spy] == [
+        "seed-0/spk01/inner/spk03", "seed-0/spk01"], "the finished inner fold is not trained again"
+    # Exported again, the chosen epoch count travels with it: a second seed reuses it instead of choosing again.
+    again = tmp_path / "results" / "again"
+    export_run(copy, again)
+    trainer_spy.clear()
+    run_experiment(config, again, folds=["spk01"], seeds=2, progress=False, log=lambda m: None)
+    assert [c["dir"].relative_to(again).as_posix() for c in trainer_spy] == ["seed-1/spk01"]
+
+
 # --- train --final --------------------------------------------------------------------------------------------------
 
 def test_train_final_trains_for_the_median_kept_epoch_under_the_run_lock(corpus, tmp_path, trainer_spy, capsys):
