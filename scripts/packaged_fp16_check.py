@@ -27,6 +27,8 @@ def main() -> None:
     parser.add_argument("--save", type=Path, help="write the fp32 decisions of every --every-th file here (JSON)")
     parser.add_argument("--every", type=int, default=6)
     args = parser.parse_args()
+    if args.every < 1:
+        parser.error("--every must be at least 1")
     root, model_dir = Path(args.data), args.model or packaged_model_dir()
     files = sorted(root.rglob("*.wav"))
     model, card = load_model(model_dir)

@@ -6,8 +6,9 @@
 #   scripts/reproduce.sh                 # everything below, in order
 #   scripts/reproduce.sh casia-atnn      # one run by name
 #
-# JOBS (default 2) folds train at once; EXTRA is added to every train command (e.g. EXTRA="--set train.threads=1"
-# for two copies of this script side by side, each on its own list of runs, JOBS=1). Runs marked "monitored" also log the test speaker's UAR per epoch
+# JOBS (default 2) folds train at once; EXTRA is added to every train command (e.g. JOBS=1 EXTRA="--set
+# train.threads=1" for two copies of this script side by side, each on its own list of runs; a later --seeds in
+# EXTRA overrides the entry's). Runs marked "monitored" also log the test speaker's UAR per epoch
 # (train.monitor_test, analysis only: selection never sees it, training is unchanged). To add seeds to a run whose
 # results/ export is all that is left, copy results/<run> to runs/<run> first: its finished folds are skipped (the
 # fold set it names in foldset.json is in results/folds/; `atfnn train` writes it again into runs/<run>/folds/).
@@ -38,7 +39,7 @@ declare -A CMD=(
   [casia-atfnn-gnorm]="configs/casia_atfnn_gnorm.yaml"
   # The default reading (configs/paper.yaml) from 2026-12-02 on; both trained one fold at a time each, side by side
   # (JOBS=1 --set train.threads=1 in the session that made them).
-  [casia-atfnn-v2]="configs/casia_atfnn.yaml --seeds 3 $MONITOR"  # seed 0 on the AMD EPYC (af71fb3), seeds 1-2 added from its export
+  [casia-atfnn-v2]="configs/casia_atfnn.yaml --seeds 3 $MONITOR"  # seed 0 on the AMD EPYC (af71fb3); seeds 1-2 to add from its export
   [emodb-atfnn]="configs/emodb_atfnn.yaml $MONITOR"
   # Still to run (docs/results.md, convergence study): each option alone on the first reading, the default reading
   # under inner-LOSO with 3 seeds, and Table III's ablations on the default reading.

@@ -484,7 +484,9 @@ def test_inner_loso_picks_the_argmax_of_the_mean_curve_and_can_reuse_it_across_s
     assert "reused by the others" in (out / "report.md").read_text()
 
 
-def test_inner_folds_resume_from_their_checkpoints(corpus, tmp_path, trainer_spy, monkeypatch):
+def interrupt_at_the_second_inner_fold(config, out: Path, monkeypatch) -> None:
+    """Run fold spk01 of an inner-loso config until the first checkpoint of its second inner fold (spk03), then
+    stop it as a crash would, leaving the first inner fold finished."""
     class Stop(Exception):
         pass
 
@@ -495,14 +497,18 @@ def test_inner_folds_resume_from_their_checkpoints(corpus, tmp_path, trainer_spy
         if path.parent.name == "spk03":
             raise Stop
 
-    config = tiny_config(corpus, tmp_path / "cache", "protocol.selection=inner-loso", "train.epochs=1")
-    out = tmp_path / "run"
     monkeypatch.setattr(training, "_save_checkpoint", crash_on_second_inner)
     with pytest.raises(Stop):
         run_experiment(config, out, folds=["spk01"], progress=False, log=lambda m: None)
+    monkeypatch.setattr(training, "_save_checkpoint", real_save)
+
+
+def test_inner_folds_resume_from_their_checkpoints(corpus, tmp_path, trainer_spy, monkeypatch):
+    config = tiny_config(corpus, tmp_path / "cache", "protocol.selection=inner-loso", "train.epochs=1")
+    out = tmp_path / "run"
+    interrupt_at_the_second_inner_fold(config, out, monkeypatch)
     inner = out / "seed-0" / "spk01" / "inner"
     assert (inner / "spk02" / "curve.json").is_file() and (inner / "spk03" / "last.pt").is_file()
-    monkeypatch.setattr(training, "_save_checkpoint", real_save)
     trainer_spy.clear()
     run_experiment(config, out, folds=["spk01"], progress=False, log=lambda m: None)
     assert [c["dir"].relative_to(out).as_posix() for c in trainer_spy] == [
@@ -515,23 +521,10 @@ def test_an_export_of_an_unfinished_inner_loso_run_resumes_without_retraining_a_
 ):
     from atfnn.reports import export_run
 
-    class Stop(Exception):
-        pass
-
-    real_save = training._save_checkpoint
-
-    def crash_on_second_inner(path, *args):
-        real_save(path, *args)
-        if path.parent.name == "spk03":
-            raise Stop
-
     config = tiny_config(corpus, tmp_path / "cache", "protocol.selection=inner-loso", "protocol.inner_seeds=1",
                          "train.epochs=1")
     out = tmp_path / "run"
-    monkeypatch.setattr(training, "_save_checkpoint", crash_on_second_inner)
-    with pytest.raises(Stop):
-        run_experiment(config, out, folds=["spk01"], progress=False, log=lambda m: None)
-    monkeypatch.setattr(training, "_save_checkpoint", real_save)
+    interrupt_at_the_second_inner_fold(config, out, monkeypatch)
     copy = tmp_path / "results" / "run"
     export_run(out, copy)
     assert (copy / "seed-0" / "spk01" / "inner" / "spk02" / "curve.json").is_file()

@@ -35,12 +35,14 @@ class Shipped:
     example: str  # a file of its corpus, relative to the root
     licence: str  # words its licence terms must contain
     other: str  # the other packaged model, named in not_included
+    decisions: str  # tests/data file of its fp32 decisions (scripts/packaged_fp16_check.py --save)
 
 
 SHIPPED = [
-    Shipped("casia-atfnn", "casia_root", CASIA_LABELS, "wangzhe/angry/201.wav", "Institute of Automation", "EmoDB"),
+    Shipped("casia-atfnn", "casia_root", CASIA_LABELS, "wangzhe/angry/201.wav", "Institute of Automation", "EmoDB",
+            "packaged_fp32_decisions.json"),
     Shipped("emodb-atfnn", "emodb_root", EMODB_LABELS, "wav/03a01Fa.wav", "Technische Universität Berlin",
-            "casia-atfnn"),
+            "casia-atfnn", "packaged_emodb_fp32_decisions.json"),
 ]
 BY_NAME = pytest.mark.parametrize("shipped", SHIPPED, ids=[s.name for s in SHIPPED])
 
@@ -61,8 +63,7 @@ def test_a_packaged_model_loads_and_predicts_a_file_of_its_corpus(shipped, reque
 @BY_NAME
 def test_the_fp16_packaged_weights_make_the_fp32_decisions(shipped, request):
     root = request.getfixturevalue(shipped.corpus)
-    suffix = "" if shipped.name == packaged.DEFAULT else f"_{shipped.name.split('-')[0]}"
-    expected = json.loads((REPO / "tests" / "data" / f"packaged{suffix}_fp32_decisions.json").read_text())["decisions"]
+    expected = json.loads((REPO / "tests" / "data" / shipped.decisions).read_text())["decisions"]
     results = atfnn.load(packaged=shipped.name, device="cpu").predict_many([root / name for name in expected], 64)
     assert {name: r.label for name, r in zip(expected, results)} == expected
 
