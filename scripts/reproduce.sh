@@ -41,8 +41,8 @@ declare -A CMD=(
   # (JOBS=1 --set train.threads=1 in the session that made them).
   [casia-atfnn-v2]="configs/casia_atfnn.yaml --seeds 3 $MONITOR"  # seed 0 on the AMD EPYC (af71fb3); seeds 1-2 to add from its export
   [emodb-atfnn]="configs/emodb_atfnn.yaml $MONITOR"
-  # Still to run (docs/results.md, convergence study): each option alone on the first reading, the default reading
-  # under inner-LOSO with 3 seeds, and Table III's ablations on the default reading.
+  # The convergence study (docs/results.md): each option alone on the first reading, the default reading under
+  # inner-LOSO with 3 seeds, Table III's ablations on the default reading, then the combinations.
   [casia-atfnn-long]="configs/casia_atfnn_long.yaml $MONITOR"
   [casia-atfnn-htk]="configs/casia_atfnn_htk.yaml $MONITOR"
   [casia-atfnn-encoding]="configs/casia_atfnn_encoding.yaml $MONITOR"
