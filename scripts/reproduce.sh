@@ -52,6 +52,9 @@ declare -A CMD=(
   [casia-atfnn-innerloso]="configs/casia_atfnn_innerloso.yaml --seeds 3 $MONITOR"
   [casia-atfnn-combo]="configs/casia_atfnn_combo.yaml --seeds 3 $MONITOR"
   [casia-atfnn-gnorm-long]="configs/casia_atfnn_gnorm_long.yaml $MONITOR"
+  [casia-atnn-gnorm-long]="configs/casia_atnn_gnorm_long.yaml $MONITOR"
+  [casia-afnn-gnorm-long]="configs/casia_afnn_gnorm_long.yaml $MONITOR"
+  [casia-tfnn-gnorm-long]="configs/casia_tfnn_gnorm_long.yaml $MONITOR"
   [casia-atfnn-combo-encoding]="configs/casia_atfnn_combo_encoding.yaml --seeds 3 $MONITOR"
   [casia-atnn-v2]="configs/casia_atnn.yaml --seeds 3 $MONITOR"
   [casia-afnn-v2]="configs/casia_afnn.yaml --seeds 3 $MONITOR"
@@ -63,7 +66,8 @@ ORDER=(casia-atfnn casia-atnn casia-afnn casia-atfnn-spknorm casia-tfnn emodb-2s
        casia-atfnn-spknorm-reg-embnorm casia-atfnn-gnorm casia-atfnn-v2 emodb-atfnn
        casia-atnn-v2 casia-afnn-v2 casia-tfnn-v2 casia-atfnn-silence casia-atfnn-htk casia-atfnn-encoding
        casia-atfnn-trainhop casia-atfnn-cosine casia-atfnn-long casia-atfnn-innerloso casia-atfnn-combo
-       casia-atfnn-gnorm-long casia-atfnn-combo-encoding)
+       casia-atfnn-gnorm-long casia-atfnn-combo-encoding
+       casia-atnn-gnorm-long casia-afnn-gnorm-long casia-tfnn-gnorm-long)
 
 for run in "${@:-${ORDER[@]}}"; do
   [[ -n "${CMD[$run]:-}" ]] || { echo "unknown run $run; one of: ${ORDER[*]}" >&2; exit 2; }
