@@ -37,10 +37,10 @@ declare -A CMD=(
   [casia-atfnn-spknorm-reg-adv-lr]="configs/casia_atfnn_spknorm_reg_adv_lr.yaml $MONITOR"
   [casia-atfnn-spknorm-reg-embnorm]="configs/casia_atfnn_spknorm_reg_embnorm.yaml $MONITOR"
   [casia-atfnn-gnorm]="configs/casia_atfnn_gnorm.yaml"
-  # The default reading (configs/paper.yaml) from 2026-12-02 on; both trained one fold at a time each, side by side
+  # The default reading of 2026-12-02 (configs/paper_v2.yaml); both trained one fold at a time each, side by side
   # (JOBS=1 --set train.threads=1 in the session that made them).
-  [casia-atfnn-v2]="configs/casia_atfnn.yaml --seeds 3 $MONITOR"  # seed 0 on the AMD EPYC (af71fb3); seeds 1-2 to add from its export
-  [emodb-atfnn]="configs/emodb_atfnn.yaml $MONITOR"
+  [casia-atfnn-v2]="configs/casia_atfnn_v2.yaml --seeds 3 $MONITOR"  # seed 0 on the AMD EPYC (af71fb3); seeds 1-2 to add from its export
+  [emodb-atfnn]="configs/emodb_atfnn_v2.yaml $MONITOR"
   # The convergence study (docs/results.md): each option alone on the first reading, the default reading under
   # inner-LOSO with 3 seeds, Table III's ablations on the default reading, then the combinations.
   [casia-atfnn-long]="configs/casia_atfnn_long.yaml $MONITOR"
@@ -56,9 +56,15 @@ declare -A CMD=(
   [casia-afnn-gnorm-long]="configs/casia_afnn_gnorm_long.yaml $MONITOR"
   [casia-tfnn-gnorm-long]="configs/casia_tfnn_gnorm_long.yaml $MONITOR"
   [casia-atfnn-combo-encoding]="configs/casia_atfnn_combo_encoding.yaml --seeds 3 $MONITOR"
-  [casia-atnn-v2]="configs/casia_atnn.yaml --seeds 3 $MONITOR"
-  [casia-afnn-v2]="configs/casia_afnn.yaml --seeds 3 $MONITOR"
-  [casia-tfnn-v2]="configs/casia_tfnn.yaml --seeds 3 $MONITOR"
+  [casia-atnn-v2]="configs/casia_atnn_v2.yaml --seeds 3 $MONITOR"
+  [casia-afnn-v2]="configs/casia_afnn_v2.yaml --seeds 3 $MONITOR"
+  [casia-tfnn-v2]="configs/casia_tfnn_v2.yaml --seeds 3 $MONITOR"
+  # The default from 2026-12-03 on (configs/paper.yaml, the combination): its ATFNN is casia-atfnn-combo (the same
+  # configuration, tests/test_config.py), Table III's ablations and EmoDB on it.
+  [casia-atnn-v3]="configs/casia_atnn.yaml --seeds 3 $MONITOR"
+  [casia-afnn-v3]="configs/casia_afnn.yaml --seeds 3 $MONITOR"
+  [casia-tfnn-v3]="configs/casia_tfnn.yaml --seeds 3 $MONITOR"
+  [emodb-atfnn-v3]="configs/emodb_atfnn.yaml $MONITOR"
 )
 ORDER=(casia-atfnn casia-atnn casia-afnn casia-atfnn-spknorm casia-tfnn emodb-2s-atfnn casia-atfnn-spknorm-aug
        casia-atfnn-utterancenorm casia-atfnn-spknorm-reg casia-atfnn-spknorm-reg-ema casia-atfnn-spknorm-reg-ema-spkval
@@ -67,7 +73,8 @@ ORDER=(casia-atfnn casia-atnn casia-afnn casia-atfnn-spknorm casia-tfnn emodb-2s
        casia-atnn-v2 casia-afnn-v2 casia-tfnn-v2 casia-atfnn-silence casia-atfnn-htk casia-atfnn-encoding
        casia-atfnn-trainhop casia-atfnn-cosine casia-atfnn-long casia-atfnn-innerloso casia-atfnn-combo
        casia-atfnn-gnorm-long casia-atfnn-combo-encoding
-       casia-atnn-gnorm-long casia-afnn-gnorm-long casia-tfnn-gnorm-long)
+       casia-atnn-gnorm-long casia-afnn-gnorm-long casia-tfnn-gnorm-long
+       casia-atnn-v3 casia-afnn-v3 casia-tfnn-v3 emodb-atfnn-v3)
 
 for run in "${@:-${ORDER[@]}}"; do
   [[ -n "${CMD[$run]:-}" ]] || { echo "unknown run $run; one of: ${ORDER[*]}" >&2; exit 2; }

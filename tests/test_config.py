@@ -199,8 +199,26 @@ def test_the_first_reading_is_the_dataclass_defaults_so_old_cards_and_runs_load_
     """paper_v1.yaml must stay what a card or run folder without the later fields means; paper.yaml departs from it."""
     assert load_config(CONFIGS / "paper_v1.yaml").fingerprint() == ExperimentConfig().fingerprint()
     new = load_config(CONFIGS / "paper.yaml")
-    assert (new.frontend.mel_scale, new.frontend.norm) == ("htk", "global")
+    assert (new.frontend.mel_scale, new.frontend.norm, new.frontend.trim_db) == ("slaney", "global", 60)
     assert new.fingerprint() != ExperimentConfig().fingerprint()
+
+
+@pytest.mark.parametrize(
+    "config, run",
+    [
+        ("casia_atfnn.yaml", "casia-atfnn-combo"),  # the default is the combination the study chose
+        ("casia_atfnn_v2.yaml", "casia-atfnn-v2"),
+        ("casia_atnn_v2.yaml", "casia-atnn-v2"),
+        ("casia_afnn_v2.yaml", "casia-afnn-v2"),
+        ("casia_tfnn_v2.yaml", "casia-tfnn-v2"),
+        ("emodb_atfnn_v2.yaml", "emodb-atfnn"),
+    ],
+)
+def test_a_moved_default_leaves_each_runs_config_meaning_what_it_meant(config, run):
+    """Runs made under an earlier default resume from their named config; the new default's ATFNN run is its own."""
+    recorded = json.loads((CONFIGS.parent / "results" / run / "run.json").read_text())
+    monitored = load_config(CONFIGS / config, ["train.monitor_test=true"])  # as scripts/reproduce.sh ran them
+    assert monitored.fingerprint() == recorded["fingerprint"]
 
 
 def test_a_config_of_an_earlier_run_still_has_that_runs_fingerprint():
