@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import yaml
 
+from atfnn import fast, kernels
 from atfnn import features as feats
-from atfnn import kernels
 from atfnn.checkpoint import save_model
 from atfnn.config import ExperimentConfig, from_dict
 from atfnn.corpora import Utterance, load_corpus
@@ -390,6 +390,8 @@ def _finish_fold(
         # The process's peak so far: with --jobs, this fold's worker; serially, the largest fold up to this one.
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "f_encoder_ops": kernels.status(),  # fused C kernels or torch ops (atfnn/kernels; same function)
+        "t_encoder_precision": fast.lstm_precision(next(result.model.parameters()).device.type,
+                                                   config.train.precision),
         **extra,
     }
     atomic_write_text(fold_dir / DONE, json.dumps(done, indent=2) + "\n")

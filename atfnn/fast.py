@@ -9,14 +9,17 @@ through one switch and one dispatch function each:
     as fused C kernels (atfnn.kernels; the torch ops where they cannot be built, or inside `kernels.disabled()`);
   * the 1x5 convolutions run on the (B, T, F, C) layout as channels-last 2-D convolutions, without copies;
   * under bf16 autocast only the convolutions run in bf16 (the rest is faster, and more exact, in fp32 on CPUs).
-- `lstm_autocast`, the T-Encoder's own autocast (`TEncoder.autocast_dtype`, train.precision=bf16-lstm).
+- `lstm_autocast`, the T-Encoder's own autocast (`TEncoder.autocast_dtype`, train.precision=bf16-lstm); where
+  torch has no bf16 LSTM for the machine (oneDNN's CPU LSTM needs AVX-512), the Bi-LSTM runs in fp32 instead.
 
 Same parameters and state_dict as the plain layers; tests/test_model_parity.py checks that both paths agree.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import warnings
 from typing import TYPE_CHECKING
 
 import torch
@@ -58,9 +61,32 @@ def f_encoder(encoder: FEncoder, x: Tensor) -> Tensor:
 
 
 def lstm_autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Autocast to `dtype` for the T-Encoder's Bi-LSTM alone; nothing when None."""
+    """Autocast to `dtype` for the T-Encoder's Bi-LSTM alone; nothing when None; fp32 where bf16 has no LSTM."""
+    wanted = dtype or (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None)
+    if wanted == torch.bfloat16 and not bf16_lstm_runs(device_type):
+        return torch.autocast(device_type, enabled=False)
     # Only entered when set: autocast(enabled=False) would switch off an enclosing whole-network autocast.
     return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+@functools.cache
+def bf16_lstm_runs(device_type: str) -> bool:
+    """Whether torch runs an LSTM under bf16 autocast on this machine; warns once where it does not."""
+    lstm = nn.LSTM(1, 1, batch_first=True).to(device_type)
+    try:
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            lstm(torch.zeros(1, 1, 1, device=device_type))
+    except RuntimeError:
+        warnings.warn(f"this {device_type.upper()} has no bf16 LSTM kernel (oneDNN's needs AVX-512 on CPUs): "
+                      "train.precision bf16/bf16-lstm run the Bi-LSTM in fp32 here", RuntimeWarning, stacklevel=3)
+        return False
+    return True
+
+
+def lstm_precision(device_type: str, precision: str) -> str:
+    """What the Bi-LSTM computes in under train.precision on this machine (recorded in each fold's done.json)."""
+    wanted = {"bf16": "bf16", "bf16-lstm": "bf16", "fp16": "fp16"}.get(precision, "fp32")
+    return "fp32" if wanted == "bf16" and not bf16_lstm_runs(device_type) else wanted
 
 
 def scalar_self_attention(x: Tensor, embed: nn.Linear, attention: nn.MultiheadAttention, fused: bool = False) -> Tensor:

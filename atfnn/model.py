@@ -134,8 +134,10 @@ class TEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         with fast.lstm_autocast(x.device.type, self.autocast_dtype):
-            _, (h_n, _) = self.lstm(x)  # h_n (layers * 2, B, hidden); the last two are the top layer's directions
-        h = torch.cat([h_n[-2], h_n[-1]], dim=1)  # (B, 2*hidden)
+            if not torch.is_autocast_enabled(x.device.type):  # also where fast.lstm_autocast fell back to fp32
+                x = x.to(self.lstm.weight_ih_l0.dtype)
+            _, (h_n, _) = self.lstm(x)
+        h = torch.cat([h_n[-2], h_n[-1]], dim=1)  # h_n (layers * 2, B, hidden): the top layer's last states (B, 256)
         return h if self.autocast_dtype is None else h.float()
 
 

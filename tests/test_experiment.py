@@ -73,7 +73,9 @@ def test_tiny_experiment_writes_every_artefact_and_agrees_with_predictions(tiny_
         assert not (d / "last.pt").exists(), "a finished fold keeps no resume checkpoint"
         rows = read_rows(d / "predictions.csv")
         assert {r["speaker"] for r in rows} == {fold}, "a fold tests exactly its held-out speaker"
-        assert len(read_rows(d / "log.csv")) == json.loads((d / "done.json").read_text())["epochs"]
+        done = json.loads((d / "done.json").read_text())
+        assert len(read_rows(d / "log.csv")) == done["epochs"]
+        assert done["t_encoder_precision"] == "fp32"  # what the Bi-LSTM ran in, beside the config's precision
         y_true += [r["label"] for r in rows]
         y_pred += [r["pred"] for r in rows]
     saved = json.loads((out / "results.json").read_text())

@@ -190,6 +190,7 @@ def test_bf16_autocast_runs_the_scalar_attention_in_fp32_and_stays_close_to_fp32
     assert torch.allclose(mixed.float(), full, atol=0.02 * full.abs().max().item())
 
 
+@pytest.mark.skipif(not fast.bf16_lstm_runs("cpu"), reason="this CPU has no bf16 LSTM kernel (the fallback's test)")
 def test_bf16_lstm_precision_autocasts_the_t_encoder_alone_and_returns_fp32():
     from atfnn.training import autocast
 
@@ -219,6 +220,25 @@ def test_bf16_lstm_precision_autocasts_the_t_encoder_alone_and_returns_fp32():
     with autocast(torch.device("cpu"), "bf16"):  # the whole-network autocast still reaches the Bi-LSTM
         model(x)
     assert seen["f_encoder"] and seen["lstm"]
+
+
+@pytest.mark.parametrize("precision", ["bf16-lstm", "bf16"])
+def test_without_a_bf16_lstm_kernel_the_bi_lstm_runs_in_fp32_and_the_rest_as_asked(monkeypatch, precision):
+    from atfnn.training import autocast
+
+    monkeypatch.setattr(fast, "bf16_lstm_runs", lambda device_type: False)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(), 4).eval()
+    model.t_encoder.autocast_dtype = torch.bfloat16 if precision == "bf16-lstm" else None
+    seen = {}
+    model.t_encoder.lstm.register_forward_pre_hook(
+        lambda m, a: seen.update(lstm=(torch.is_autocast_enabled("cpu"), a[0].dtype)))
+    model.classifier.register_forward_pre_hook(lambda m, a: seen.update(head=torch.is_autocast_enabled("cpu")))
+    x = torch.randn(2, 80, 128) * 3 - 6
+    with torch.no_grad(), autocast(torch.device("cpu"), precision):
+        model(x)
+    assert seen == {"lstm": (False, torch.float32), "head": precision == "bf16"}
+    assert fast.lstm_precision("cpu", precision) == "fp32" and fast.lstm_precision("cpu", "fp32") == "fp32"
 
 
 # --- model.t_attention_input: Fig. 4 (x) or eq. (4) as printed (x̂') ------------------------------------------------
@@ -267,7 +287,7 @@ def test_t_attention_from_the_encoding_reads_c_channels_and_is_x_itself_without_
         model = build_model(ModelConfig(variant="atnn", t_attention_input=source, **SMALL_LSTM), 4).eval()
         with torch.no_grad():
             outputs.append(model(x))
-    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+    torch.testing.assert_close(outputs[0], outputs[1])  # equal but for rounding: the two paths lay x out apart
 
 
 def test_state_dict_names_and_shapes_are_those_of_saved_models():
