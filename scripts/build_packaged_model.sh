@@ -16,7 +16,7 @@ PYTHON=${PYTHON:-python}
 CORPUS=${CORPUS:-casia}                   # casia | emodb: one packaged model per corpus
 case "$CORPUS" in
   casia) DEFAULT_CONFIG=configs/casia_atfnn_v1.yaml ;;  # the reading the shipped CASIA model was trained with
-  emodb) DEFAULT_CONFIG=configs/emodb_atfnn.yaml ;;
+  emodb) DEFAULT_CONFIG=configs/emodb_atfnn_v2.yaml ;;  # the reading the shipped EmoDB model was trained with
   *) echo "error: CORPUS=$CORPUS; packaged models are built for casia or emodb" >&2; exit 2 ;;
 esac
 CONFIG=${CONFIG:-$DEFAULT_CONFIG}

@@ -49,7 +49,7 @@ def root(tmp_path, monkeypatch) -> Path:
     root = tmp_path / "packaged"
     built_model(tmp_path, root, "casia", CASIA_LABELS, ["liuchanhg", "wangzhe"], "configs/casia_atfnn_v1.yaml")
     # As the shipped ones: the CASIA model of the first reading (raw log-Mel), the EmoDB one normalised.
-    built_model(tmp_path, root, "emodb", EMODB_LABELS, ["03", "08", "09"], "configs/emodb_atfnn.yaml", "global")
+    built_model(tmp_path, root, "emodb", EMODB_LABELS, ["03", "08", "09"], "configs/emodb_atfnn_v2.yaml", "global")
     (root / "half-built").mkdir()
     (root / "half-built" / "model.json").write_text("{}")  # no weights: not listed
     (root / "__pycache__").mkdir()
@@ -144,7 +144,7 @@ def test_models_lists_each_model_with_its_corpus_labels_and_uar(root, capsys):
 # -------------------------------------------------------------------------------------------------------- build
 def test_the_emodb_card_names_emodb_its_terms_labels_and_cv_numbers(root):
     card = read_card(root / "emodb-atfnn").info["card"]
-    assert card["name"] == "emodb-atfnn" and card["configuration"] == "configs/emodb_atfnn.yaml"
+    assert card["name"] == "emodb-atfnn" and card["configuration"] == "configs/emodb_atfnn_v2.yaml"
     assert card["training_data"]["corpus"].startswith("EmoDB") and card["training_data"]["language"] == "German"
     assert card["training_data"]["speakers"] == ["03", "08", "09"]
     assert "Berlin Database of Emotional Speech" in card["licence"] and "Berlin" in card["licence"]

@@ -2,7 +2,7 @@
 
     python -m atfnn.packaged.build RUN/final/model --cv results/casia-atfnn --config configs/casia_atfnn_v1.yaml \
         --out atfnn/packaged/casia-atfnn
-    python -m atfnn.packaged.build RUN/final/model --cv results/emodb-atfnn --config configs/emodb_atfnn.yaml \
+    python -m atfnn.packaged.build RUN/final/model --cv results/emodb-atfnn --config configs/emodb_atfnn_v2.yaml \
         --out atfnn/packaged/emodb-atfnn
 
 The corpus is the model's own (model.json info.corpus, set by training); its terms, language and caveat are
