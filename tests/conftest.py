@@ -21,6 +21,9 @@ from atfnn.corpora.synthetic import SyntheticSpec, generate
 from atfnn.frontend import NormStats
 from atfnn.model import build_model
 
+# The suite tests the fused kernels wherever they build, also on CPUs where the default (auto) would not use them
+# (atfnn.kernels reads the switch at its first use); tests/test_kernels.py checks the default's choice.
+os.environ.setdefault("ATFNN_KERNELS", "on")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ATFNN_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
 

@@ -13,8 +13,11 @@ the profile and the timings; benchmarks/run.py measures the model with and witho
 Same function as the torch ops; fp32 rounding differs (tests/test_kernels.py bounds it against float64), and
 dropout draws its masks from a counter-based hash seeded from torch's generator, so a seed gives another (equally
 random) mask than torch.nn.Dropout would. Used only for fp32 CPU tensors outside tracing and torch.compile; anything
-else, a machine without a C compiler, or ATFNN_KERNELS=0 uses the torch ops. The shared library is cached under
-$ATFNN_KERNEL_CACHE (default ~/.cache/atfnn/kernels), keyed by the source, the compiler flags and the CPU.
+else, a machine without a C compiler, or ATFNN_KERNELS=0 uses the torch ops. By default only the AVX-512 build is
+used: on CPUs without AVX-512 the plain-C build is slower than the torch ops (docs/performance.md), which then run
+instead unless ATFNN_KERNELS=on (whichever build the CPU gets) or portable (the plain-C loops everywhere). The
+shared library is cached under $ATFNN_KERNEL_CACHE (default ~/.cache/atfnn/kernels), keyed by the source, the
+compiler flags and the CPU.
 """
 from __future__ import annotations
 
@@ -45,7 +48,9 @@ FLAG_SETS = (
 )
 MAX_KEYS, MAX_CHANNELS = 1024, 64  # fencoder.c's limits: bands per frame, channels per LayerNorm row
 MIN_ROWS_PER_THREAD = 4096  # below this a second thread costs more than it saves
-ENV_SWITCH = "ATFNN_KERNELS"  # 0 / off: always use the torch ops; portable: the plain-C loops even with AVX-512
+# unset / auto: the AVX-512 build, else torch ops; on: any build; 0 / off: torch ops; portable: the plain-C loops
+ENV_SWITCH = "ATFNN_KERNELS"
+FASTER_THAN_TORCH = ("AVX-512",)  # the builds `auto` uses
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -136,7 +141,8 @@ def library() -> ctypes.CDLL | None:
         return _library
     with _lock:
         if _library is None and _failure is None:
-            if os.environ.get(ENV_SWITCH, "1").lower() in ("0", "off", "false", "no"):
+            mode = os.environ.get(ENV_SWITCH, "auto").lower()
+            if mode in ("0", "off", "false", "no"):
                 _failure = f"{ENV_SWITCH}={os.environ[ENV_SWITCH]}"
             else:
                 try:
@@ -144,7 +150,16 @@ def library() -> ctypes.CDLL | None:
                 except (OSError, RuntimeError) as e:
                     _failure = str(e)
                     log.warning("atfnn: fused CPU kernels unavailable, using torch ops (%s)", e)
+            if _library is not None and not worth_using(_library.atfnn_build().decode(), mode):
+                _failure = (f"the {_library.atfnn_build().decode()} build is slower than them on this CPU; "
+                            f"{ENV_SWITCH}=on uses it")
+                _library = None
     return _library
+
+
+def worth_using(build: str, mode: str) -> bool:
+    """Whether a compiled build replaces the torch ops under ATFNN_KERNELS=`mode` (auto, on, portable, 1, ...)."""
+    return mode != "auto" or build in FASTER_THAN_TORCH
 
 
 def status() -> str:
