@@ -390,13 +390,19 @@ def _finish_fold(
         # The process's peak so far: with --jobs, this fold's worker; serially, the largest fold up to this one.
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "f_encoder_ops": kernels.status(),  # fused C kernels or torch ops (atfnn/kernels; same function)
-        "t_encoder_precision": fast.lstm_precision(next(result.model.parameters()).device.type,
-                                                   config.train.precision),
+        "t_encoder_precision": t_encoder_precision(result.model, config.train.precision),
         **extra,
     }
     atomic_write_text(fold_dir / DONE, json.dumps(done, indent=2) + "\n")
     (fold_dir / CHECKPOINT).unlink(missing_ok=True)
     return done
+
+
+def t_encoder_precision(model: torch.nn.Module, precision: str) -> str | None:
+    """What the model's Bi-LSTM computed in under train.precision here; None for AFNN, which has none."""
+    if getattr(model, "t_encoder", None) is None:
+        return None
+    return fast.lstm_precision(next(model.parameters()).device.type, precision)
 
 
 @dataclass

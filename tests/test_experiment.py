@@ -11,10 +11,13 @@ import pytest
 
 from atfnn import training
 from atfnn.cli import main
-from atfnn.config import load_config
+from atfnn.config import ModelConfig, load_config
 from atfnn.errors import ConfigError
-from atfnn.experiment import LOCK, check_run_dir, final_epochs, rescore_run, run_experiment, run_lock
+from atfnn.experiment import (
+    LOCK, check_run_dir, final_epochs, rescore_run, run_experiment, run_lock, t_encoder_precision,
+)
 from atfnn.metrics import uar, war
+from atfnn.model import build_model
 
 TINY = [
     "model.lstm_hidden=8",
@@ -57,6 +60,12 @@ def assert_results_agree_with_predictions(out: Path, results: dict) -> None:
     assert len(y_true) == results["n"] == 36
     assert results["uar"] == pytest.approx(uar(y_true, y_pred, results["labels"]))
     assert results["war"] == pytest.approx(war(y_true, y_pred))
+
+
+@pytest.mark.parametrize(("variant", "expected"), [("afnn", None), ("atnn", "fp32"), ("atfnn", "fp32")])
+def test_done_json_names_a_bi_lstm_precision_only_for_networks_with_one(variant, expected):
+    model = build_model(ModelConfig(variant=variant, lstm_hidden=8), 4)
+    assert t_encoder_precision(model, "fp32") == expected
 
 
 def test_tiny_experiment_writes_every_artefact_and_agrees_with_predictions(tiny_run):
