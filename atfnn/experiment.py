@@ -400,7 +400,7 @@ def _finish_fold(
 
 def t_encoder_precision(model: torch.nn.Module, precision: str) -> str | None:
     """What the model's Bi-LSTM computed in under train.precision here; None for AFNN, which has none."""
-    if getattr(model, "t_encoder", None) is None:
+    if model.t_encoder is None:
         return None
     return fast.lstm_precision(next(model.parameters()).device.type, precision)
 
