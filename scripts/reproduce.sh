@@ -26,7 +26,7 @@ declare -A CMD=(
   [casia-afnn]="configs/casia_afnn_v1.yaml --seeds 3 $MONITOR"
   [casia-atfnn-spknorm]="configs/casia_atfnn_spknorm.yaml $MONITOR"
   [casia-tfnn]="configs/casia_tfnn_v1.yaml --seeds 3 $MONITOR"
-  [emodb-2s-atfnn]="configs/emodb_atfnn.yaml --set frontend.norm=none --set frontend.mel_scale=slaney --set train.epochs=30 --set train.precision=fp32 $MONITOR"  # on the superseded 2-s copy of EmoDB
+  [emodb-2s-atfnn]="configs/emodb_atfnn_v1.yaml $MONITOR"  # on the superseded 2-s copy of EmoDB
   [casia-atfnn-spknorm-aug]="configs/casia_atfnn_spknorm_aug.yaml $MONITOR"
   [casia-atfnn-utterancenorm]="configs/casia_atfnn_utterancenorm.yaml $MONITOR"
   [casia-atfnn-spknorm-reg]="configs/casia_atfnn_spknorm_reg.yaml $MONITOR"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import types
 import typing
 from dataclasses import dataclass
@@ -219,6 +220,34 @@ def test_a_moved_default_leaves_each_runs_config_meaning_what_it_meant(config, r
     recorded = json.loads((CONFIGS.parent / "results" / run / "run.json").read_text())
     monitored = load_config(CONFIGS / config, ["train.monitor_test=true"])  # as scripts/reproduce.sh ran them
     assert monitored.fingerprint() == recorded["fingerprint"]
+
+
+def reproduce_sh_runs() -> dict[str, tuple[str, list[str]]]:
+    """scripts/reproduce.sh's table: run name -> (config file, its --set overrides), as the script runs them."""
+    text = (CONFIGS.parent / "scripts" / "reproduce.sh").read_text()
+    text = text.replace("$MONITOR", "--set train.monitor_test=true")
+    runs = {}
+    for name, command in re.findall(r'\[([\w-]+)\]="([^"]*)"', text):
+        args = shlex.split(command)
+        runs[name] = (args[0], [args[i + 1] for i, arg in enumerate(args) if arg == "--set"])
+    return runs
+
+
+EXPORTED = sorted(run for run in reproduce_sh_runs() if (CONFIGS.parent / "results" / run / "config.yaml").exists())
+
+
+def test_reproduce_sh_lists_the_exported_runs():
+    assert len(EXPORTED) >= 30 and "casia-atfnn-combo" in EXPORTED and "casia-atfnn-innerloso" in EXPORTED
+
+
+@pytest.mark.parametrize("run", EXPORTED)
+def test_reproduce_sh_reruns_each_exported_run_with_the_config_it_was_made_with(run):
+    """A moved default must not silently change what an entry of scripts/reproduce.sh trains: its config file, with
+    the script's overrides, means what the run's exported config.yaml records (fields added later at their neutral
+    values compare equal; the device and thread count do not count)."""
+    config, overrides = reproduce_sh_runs()[run]
+    recorded = load_config(CONFIGS.parent / "results" / run / "config.yaml")
+    assert load_config(CONFIGS.parent / config, overrides).fingerprint() == recorded.fingerprint(), config
 
 
 def test_a_config_of_an_earlier_run_still_has_that_runs_fingerprint():
