@@ -65,6 +65,8 @@ declare -A CMD=(
   [casia-afnn-v3]="configs/casia_afnn.yaml --seeds 3 $MONITOR"
   [casia-tfnn-v3]="configs/casia_tfnn.yaml --seeds 3 $MONITOR"
   [emodb-atfnn-v3]="configs/emodb_atfnn.yaml $MONITOR"
+  # Issue 22, item 3: the combination under inner-LOSO selection, 3 seeds.
+  [casia-atfnn-combo-innerloso]="configs/casia_atfnn_combo_innerloso.yaml --seeds 3 $MONITOR"
 )
 ORDER=(casia-atfnn casia-atnn casia-afnn casia-atfnn-spknorm casia-tfnn emodb-2s-atfnn casia-atfnn-spknorm-aug
        casia-atfnn-utterancenorm casia-atfnn-spknorm-reg casia-atfnn-spknorm-reg-ema casia-atfnn-spknorm-reg-ema-spkval
@@ -74,7 +76,7 @@ ORDER=(casia-atfnn casia-atnn casia-afnn casia-atfnn-spknorm casia-tfnn emodb-2s
        casia-atfnn-trainhop casia-atfnn-cosine casia-atfnn-long casia-atfnn-innerloso casia-atfnn-combo
        casia-atfnn-gnorm-long casia-atfnn-combo-encoding
        casia-atnn-gnorm-long casia-afnn-gnorm-long casia-tfnn-gnorm-long
-       casia-atnn-v3 casia-afnn-v3 casia-tfnn-v3 emodb-atfnn-v3)
+       casia-atnn-v3 casia-afnn-v3 casia-tfnn-v3 emodb-atfnn-v3 casia-atfnn-combo-innerloso)
 
 for run in "${@:-${ORDER[@]}}"; do
   [[ -n "${CMD[$run]:-}" ]] || { echo "unknown run $run; one of: ${ORDER[*]}" >&2; exit 2; }
