@@ -217,9 +217,12 @@ def run_experiment(
 
             for wave in _waves(config, pending):
                 run_on_ray(config, out, wave, address, on_fold_done, log)
-        elif jobs > 1 and len(pending) > 1:
-            for wave in _waves(config, pending):
-                _run_parallel(config, out, wave, jobs, on_fold_done, log)
+        elif jobs > 1 and (len(pending) > 1 or len(_inner_pending(config, out, corpus, pending)) > 1):
+            _run_inner_parallel(config, out, _inner_pending(config, out, corpus, pending), jobs, log)
+            if config.protocol.selection == "inner-loso":
+                for seed, fold in pending:  # from the saved curves: no fold now waits for another seed's choice
+                    select_epochs(config, corpus, fold, out / f"seed-{seed}" / fold.name, seed, device, False, log)
+            _run_parallel(config, out, pending, jobs, on_fold_done, log)
         else:
             for seed, fold in pending:
                 log(f"seed {seed}, fold {fold.name}: training on {len(fold.train)} utterances, "
@@ -291,6 +294,66 @@ def _run_parallel(
                 f"(best epoch {done['best_epoch']}, {done['seconds']:.0f} s)")
             if on_fold_done is not None:
                 on_fold_done(fold.name, seed)
+
+
+def _inner_pending(
+    config: ExperimentConfig, out: Path, corpus: PreparedCorpus, pending: list[tuple[int, Fold]],
+) -> list[tuple[int, Fold, str]]:
+    """inner-loso: the (seed, outer fold, left-out speaker) trainings the pending folds still need, so that --jobs
+    spreads them over its workers instead of one outer fold running its inner folds one after another."""
+    if config.protocol.selection != "inner-loso":
+        return []
+    by_uid = {u.uid: u for u in corpus.utterances}
+    tasks = []
+    for seed, fold in pending:
+        if config.protocol.inner_seeds == 1 and seed != config.train.seed:
+            continue  # reuses the first seed's choice, which its own fold in this list selects
+        fold_dir = out / f"seed-{seed}" / fold.name
+        if (fold_dir / SELECTION).is_file():
+            continue
+        tasks += [(seed, fold, inner.name) for inner in inner_folds(fold, by_uid)
+                  if not (fold_dir / INNER / inner.name / CURVE).is_file()]
+    return tasks
+
+
+def _run_inner_parallel(
+    config: ExperimentConfig, out: Path, tasks: list[tuple[int, Fold, str]], jobs: int, log: Callable[[str], None],
+) -> None:
+    """Train inner-loso's inner folds in `jobs` worker processes, each saving its curve where select_epochs reads it."""
+    if not tasks:
+        return
+    workers = min(jobs, len(tasks))
+    threads = threads_per_job(workers, config.train.threads)
+    log(f"{len(tasks)} inner fold(s) to train, {workers} at a time with {threads} thread(s) each")
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {
+            pool.submit(_inner_job, config.to_dict(), str(out), fold.name, inner, seed, threads): (seed, fold, inner)
+            for seed, fold, inner in tasks
+        }
+        for future in as_completed(futures):
+            seed, fold, inner = futures[future]
+            try:
+                record = future.result()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            log(f"seed {seed}, fold {fold.name}, inner fold {inner}: best inner validation "
+                f"{max(record['curve']):.2f} at epoch {int(np.argmax(record['curve'])) + 1} ({record['seconds']:.0f} s)")
+
+
+def _inner_job(config_dict: dict, out: str, fold_name: str, inner_name: str, seed: int, threads: int) -> dict:
+    """One inner fold in a worker process (the feature cache is filled by the parent)."""
+    die_with_parent()
+    config = from_dict(config_dict)
+    device = setup_process(config, threads)
+    corpus = prepare_corpus(config, progress=False, log=lambda message: None)
+    fold = next(f for f in make_folds(corpus.utterances, config.protocol) if f.name == fold_name)
+    by_uid = {u.uid: u for u in corpus.utterances}
+    inner = next(f for f in inner_folds(fold, by_uid) if f.name == inner_name)
+    inner_dir = Path(out) / f"seed-{seed}" / fold.name / INNER / inner.name
+    print(f"seed {seed}, fold {fold.name}, inner fold {inner.name}: training on {len(inner.train)} utterances, "
+          f"validating on {len(inner.validation)} (worker {os.getpid()}, {threads} thread(s))", flush=True)
+    return _inner_curve(config, corpus, fold, inner, inner_dir, seed, device, False, print)
 
 
 def _fold_job(config_dict: dict, out: str, fold_name: str, seed: int, threads: int) -> dict:

@@ -495,6 +495,26 @@ def test_inner_loso_picks_the_argmax_of_the_mean_curve_and_can_reuse_it_across_s
     assert "reused by the others" in (out / "report.md").read_text()
 
 
+def test_parallel_inner_loso_trains_the_inner_folds_side_by_side_and_matches_the_serial_run(corpus, tmp_path):
+    config = tiny_config(corpus, tmp_path / "cache", "protocol.selection=inner-loso", "protocol.inner_seeds=1",
+                         "train.epochs=2")
+    run_experiment(config, tmp_path / "serial", folds=["spk01"], seeds=2, progress=False, log=lambda m: None)
+    messages = []
+    run_experiment(config, tmp_path / "parallel", folds=["spk01"], seeds=2, progress=False, jobs=2,
+                   log=messages.append)
+    assert any(m.startswith("2 inner fold(s) to train, 2 at a time") for m in messages), messages
+    # The second seed reuses the first seed's choice, so both outer trainings run together after the inner folds.
+    assert any(m.startswith("2 fold(s) to train, 2 at a time") for m in messages), messages
+    for seed in ("seed-0", "seed-1"):
+        ours, theirs = (json.loads((tmp_path / run / seed / "spk01" / "done.json").read_text())
+                        for run in ("parallel", "serial"))
+        assert (ours["selected_epochs"], ours["trainings"]) == (theirs["selected_epochs"], theirs["trainings"])
+        assert ours["uar"] == pytest.approx(theirs["uar"])
+    curves = [json.loads((tmp_path / run / "seed-0" / "spk01" / "inner" / "spk03" / "curve.json").read_text())
+              for run in ("parallel", "serial")]
+    assert curves[0]["curve"] == pytest.approx(curves[1]["curve"], abs=1e-4)
+
+
 def interrupt_at_the_second_inner_fold(config, out: Path, monkeypatch) -> None:
     """Run fold spk01 of an inner-loso config until the first checkpoint of its second inner fold (spk03), then
     stop it as a crash would, leaving the first inner fold finished."""
