@@ -212,17 +212,14 @@ def run_experiment(
         if main:
             write_fold_set(config, all_folds, corpus.utterances, out)
         pending = _pending(out, select_folds(all_folds, folds), config.train.seed, seeds, log)
+        inner = _inner_pending(config, out, corpus, pending) if jobs > 1 else []
         if executor == "ray" and pending:
             from atfnn.distributed.ray_executor import run_on_ray
 
             for wave in _waves(config, pending):
                 run_on_ray(config, out, wave, address, on_fold_done, log)
-        elif jobs > 1 and (len(pending) > 1 or len(_inner_pending(config, out, corpus, pending)) > 1):
-            _run_inner_parallel(config, out, _inner_pending(config, out, corpus, pending), jobs, log)
-            if config.protocol.selection == "inner-loso":
-                for seed, fold in pending:  # from the saved curves: no fold now waits for another seed's choice
-                    select_epochs(config, corpus, fold, out / f"seed-{seed}" / fold.name, seed, device, False, log)
-            _run_parallel(config, out, pending, jobs, on_fold_done, log)
+        elif jobs > 1 and (len(pending) > 1 or len(inner) > 1):
+            _run_local_parallel(config, corpus, out, pending, inner, jobs, device, on_fold_done, log)
         else:
             for seed, fold in pending:
                 log(f"seed {seed}, fold {fold.name}: training on {len(fold.train)} utterances, "
@@ -266,6 +263,19 @@ def _waves(config: ExperimentConfig, pending: list[tuple[int, Fold]]) -> list[li
     first = [(s, f) for s, f in pending if s == config.train.seed]
     rest = [(s, f) for s, f in pending if s != config.train.seed]
     return [wave for wave in (first, rest) if wave]
+
+
+def _run_local_parallel(
+    config: ExperimentConfig, corpus: PreparedCorpus, out: Path, pending: list[tuple[int, Fold]],
+    inner: list[tuple[int, Fold, str]], jobs: int, device: torch.device,
+    on_fold_done: Callable[[str, int], None] | None, log: Callable[[str], None],
+) -> None:
+    """--jobs N: inner-loso's inner folds first, N at a time, then every pending outer fold of every seed."""
+    _run_inner_parallel(config, out, inner, jobs, log)
+    if config.protocol.selection == "inner-loso":
+        for seed, fold in pending:  # from the saved curves: no fold now waits for another seed's choice
+            select_epochs(config, corpus, fold, out / f"seed-{seed}" / fold.name, seed, device, False, log)
+    _run_parallel(config, out, pending, jobs, on_fold_done, log)
 
 
 def _run_parallel(
