@@ -18,7 +18,7 @@ import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -278,6 +278,22 @@ def _run_local_parallel(
     _run_parallel(config, out, pending, jobs, on_fold_done, log)
 
 
+def _in_workers(workers: int, job: Callable, calls: list[tuple[object, tuple]]) -> Iterator[tuple[object, object]]:
+    """Run job(*args) for each (key, args) of `calls` in `workers` processes; yield (key, result) as each ends.
+
+    At the first failure no more work is handed out: running jobs finish (or keep their last.pt), then it is raised."""
+    # spawn, not fork: a forked child inherits torch's thread pools in an undefined state.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(job, *args): key for key, args in calls}
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            yield futures[future], result
+
+
 def _run_parallel(
     config: ExperimentConfig, out: Path, pending: list[tuple[int, Fold]], jobs: int,
     on_fold_done: Callable[[str, int], None] | None, log: Callable[[str], None],
@@ -286,24 +302,12 @@ def _run_parallel(
     workers = min(jobs, len(pending))
     threads = threads_per_job(workers, config.train.threads)
     log(f"{len(pending)} fold(s) to train, {workers} at a time with {threads} thread(s) each")
-    # spawn, not fork: a forked child inherits torch's thread pools in an undefined state.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        futures = {
-            pool.submit(_fold_job, config.to_dict(), str(out), fold.name, seed, threads): (seed, fold)
-            for seed, fold in pending
-        }
-        for future in as_completed(futures):
-            seed, fold = futures[future]
-            try:
-                done = future.result()
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)  # running folds finish (or keep last.pt); then report
-                raise
-            log(f"seed {seed}, fold {fold.name}: UAR {done['uar']:.2f}  WAR {done['war']:.2f}  "
-                f"(best epoch {done['best_epoch']}, {done['seconds']:.0f} s)")
-            if on_fold_done is not None:
-                on_fold_done(fold.name, seed)
+    calls = [((seed, fold), (config.to_dict(), str(out), fold.name, seed, threads)) for seed, fold in pending]
+    for (seed, fold), done in _in_workers(workers, _fold_job, calls):
+        log(f"seed {seed}, fold {fold.name}: UAR {done['uar']:.2f}  WAR {done['war']:.2f}  "
+            f"(best epoch {done['best_epoch']}, {done['seconds']:.0f} s)")
+        if on_fold_done is not None:
+            on_fold_done(fold.name, seed)
 
 
 def _inner_pending(
@@ -335,20 +339,10 @@ def _run_inner_parallel(
     workers = min(jobs, len(tasks))
     threads = threads_per_job(workers, config.train.threads)
     log(f"{len(tasks)} inner fold(s) to train, {workers} at a time with {threads} thread(s) each")
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {
-            pool.submit(_inner_job, config.to_dict(), str(out), fold.name, inner, seed, threads): (seed, fold, inner)
-            for seed, fold, inner in tasks
-        }
-        for future in as_completed(futures):
-            seed, fold, inner = futures[future]
-            try:
-                record = future.result()
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-            log(f"seed {seed}, fold {fold.name}, inner fold {inner}: best inner validation "
-                f"{max(record['curve']):.2f} at epoch {int(np.argmax(record['curve'])) + 1} ({record['seconds']:.0f} s)")
+    calls = [(task, (config.to_dict(), str(out), task[1].name, task[2], task[0], threads)) for task in tasks]
+    for (seed, fold, inner), record in _in_workers(workers, _inner_job, calls):
+        log(f"seed {seed}, fold {fold.name}, inner fold {inner}: best inner validation "
+            f"{max(record['curve']):.2f} at epoch {int(np.argmax(record['curve'])) + 1} ({record['seconds']:.0f} s)")
 
 
 def _inner_job(config_dict: dict, out: str, fold_name: str, inner_name: str, seed: int, threads: int) -> dict:
