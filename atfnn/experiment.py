@@ -15,7 +15,7 @@ import shutil
 import statistics
 import time
 import zlib
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -270,44 +270,83 @@ def _run_local_parallel(
     inner: list[tuple[int, Fold, str]], jobs: int, device: torch.device,
     on_fold_done: Callable[[str, int], None] | None, log: Callable[[str], None],
 ) -> None:
-    """--jobs N: inner-loso's inner folds first, N at a time, then every pending outer fold of every seed."""
-    _run_inner_parallel(config, out, inner, jobs, log)
-    if config.protocol.selection == "inner-loso":
-        for seed, fold in pending:  # from the saved curves: no fold now waits for another seed's choice
+    """--jobs N: one pool of N workers. inner-loso's inner folds are handed out first; each outer fold follows as
+    soon as the inner folds its epoch count comes from have ended, so no worker waits for another fold's last one."""
+    workers = min(jobs, len(pending) + len(inner))
+    threads = threads_per_job(workers, config.train.threads)
+    if inner:
+        log(f"{len(inner)} inner fold(s) to train, {workers} at a time with {threads} thread(s) each")
+    log(f"{len(pending)} fold(s) to train, {workers} at a time with {threads} thread(s) each"
+        + (", each once its epoch count is chosen" if inner else ""))
+    owner_seed = (lambda seed: config.train.seed) if config.protocol.inner_seeds == 1 else (lambda seed: seed)
+    # What each outer fold waits for: the (seed, fold, left-out speaker) names of the inner folds it selects from.
+    waits = {(seed, fold.name): {(s, f.name, name) for s, f, name in inner
+                                 if (s, f.name) == (owner_seed(seed), fold.name)} for seed, fold in pending}
+
+    def outer(seed: int, fold: Fold) -> WorkerCall:
+        if config.protocol.selection == "inner-loso":  # from the saved curves, in this process, before the worker
             select_epochs(config, corpus, fold, out / f"seed-{seed}" / fold.name, seed, device, False, log)
-    _run_parallel(config, out, pending, jobs, on_fold_done, log)
+        return WorkerCall((seed, fold), _fold_job, (config.to_dict(), str(out), fold.name, seed, threads))
+
+    def released(key: tuple) -> list[WorkerCall]:
+        """The outer folds whose last awaited inner fold is the one that has just ended."""
+        if len(key) != 3:
+            return []
+        ended, ready = (key[0], key[1].name, key[2]), []
+        for seed, fold in pending:
+            left = waits[seed, fold.name]
+            if ended in left:
+                left.discard(ended)
+                ready += [] if left else [outer(seed, fold)]
+        return ready
+
+    calls = [WorkerCall(task, _inner_job, (config.to_dict(), str(out), task[1].name, task[2], task[0], threads))
+             for task in inner]
+    calls += [outer(seed, fold) for seed, fold in pending if not waits[seed, fold.name]]
+    for key, result in _in_workers(workers, calls, then=released):
+        if len(key) == 3:  # an inner fold: (seed, outer fold, left-out speaker)
+            seed, fold, name = key
+            log(f"seed {seed}, fold {fold.name}, inner fold {name}: best inner validation "
+                f"{max(result['curve']):.2f} at epoch {int(np.argmax(result['curve'])) + 1} ({result['seconds']:.0f} s)")
+            continue
+        seed, fold = key
+        log(f"seed {seed}, fold {fold.name}: UAR {result['uar']:.2f}  WAR {result['war']:.2f}  "
+            f"(best epoch {result['best_epoch']}, {result['seconds']:.0f} s)")
+        if on_fold_done is not None:
+            on_fold_done(fold.name, seed)
 
 
-def _in_workers(workers: int, job: Callable, calls: list[tuple[object, tuple]]) -> Iterator[tuple[object, object]]:
-    """Run job(*args) for each (key, args) of `calls` in `workers` processes; yield (key, result) as each ends.
+@dataclass(frozen=True)
+class WorkerCall:
+    """job(*args) to run in a worker process, and the key its result is yielded with."""
+
+    key: tuple
+    job: Callable
+    args: tuple
+
+
+def _in_workers(
+    workers: int, calls: list[WorkerCall], then: Callable[[tuple], list[WorkerCall]] | None = None,
+) -> Iterator[tuple[tuple, object]]:
+    """Run each call in `workers` processes, in order; yield (key, result) as each ends. After a call ends,
+    then(key) may hand out further calls (queued behind those already handed out).
 
     At the first failure no more work is handed out: running jobs finish (or keep their last.pt), then it is raised."""
     # spawn, not fork: a forked child inherits torch's thread pools in an undefined state.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(job, *args): key for key, args in calls}
-        for future in as_completed(futures):
-            try:
-                result = future.result()
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-            yield futures[future], result
-
-
-def _run_parallel(
-    config: ExperimentConfig, out: Path, pending: list[tuple[int, Fold]], jobs: int,
-    on_fold_done: Callable[[str, int], None] | None, log: Callable[[str], None],
-) -> None:
-    """Train the pending (seed, fold) pairs in `jobs` worker processes; stop handing out work at the first failure."""
-    workers = min(jobs, len(pending))
-    threads = threads_per_job(workers, config.train.threads)
-    log(f"{len(pending)} fold(s) to train, {workers} at a time with {threads} thread(s) each")
-    calls = [((seed, fold), (config.to_dict(), str(out), fold.name, seed, threads)) for seed, fold in pending]
-    for (seed, fold), done in _in_workers(workers, _fold_job, calls):
-        log(f"seed {seed}, fold {fold.name}: UAR {done['uar']:.2f}  WAR {done['war']:.2f}  "
-            f"(best epoch {done['best_epoch']}, {done['seconds']:.0f} s)")
-        if on_fold_done is not None:
-            on_fold_done(fold.name, seed)
+        futures = {pool.submit(call.job, *call.args): call.key for call in calls}
+        while futures:
+            finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+            for future in finished:
+                key = futures.pop(future)
+                try:
+                    result = future.result()
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+                yield key, result
+                for call in then(key) if then is not None else []:
+                    futures[pool.submit(call.job, *call.args)] = call.key
 
 
 def _inner_pending(
@@ -328,21 +367,6 @@ def _inner_pending(
         tasks += [(seed, fold, inner.name) for inner in inner_folds(fold, by_uid)
                   if not (fold_dir / INNER / inner.name / CURVE).is_file()]
     return tasks
-
-
-def _run_inner_parallel(
-    config: ExperimentConfig, out: Path, tasks: list[tuple[int, Fold, str]], jobs: int, log: Callable[[str], None],
-) -> None:
-    """Train inner-loso's inner folds in `jobs` worker processes, each saving its curve where select_epochs reads it."""
-    if not tasks:
-        return
-    workers = min(jobs, len(tasks))
-    threads = threads_per_job(workers, config.train.threads)
-    log(f"{len(tasks)} inner fold(s) to train, {workers} at a time with {threads} thread(s) each")
-    calls = [(task, (config.to_dict(), str(out), task[1].name, task[2], task[0], threads)) for task in tasks]
-    for (seed, fold, inner), record in _in_workers(workers, _inner_job, calls):
-        log(f"seed {seed}, fold {fold.name}, inner fold {inner}: best inner validation "
-            f"{max(record['curve']):.2f} at epoch {int(np.argmax(record['curve'])) + 1} ({record['seconds']:.0f} s)")
 
 
 def _inner_job(config_dict: dict, out: str, fold_name: str, inner_name: str, seed: int, threads: int) -> dict:

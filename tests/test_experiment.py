@@ -15,7 +15,7 @@ from atfnn.cli import main
 from atfnn.config import ModelConfig, load_config
 from atfnn.errors import ConfigError
 from atfnn.experiment import (
-    LOCK, _in_workers, check_run_dir, final_epochs, rescore_run, run_experiment, run_lock, t_encoder_precision,
+    LOCK, WorkerCall, _in_workers, check_run_dir, final_epochs, rescore_run, run_experiment, run_lock, t_encoder_precision,
 )
 from atfnn.metrics import uar, war
 from atfnn.model import build_model
@@ -516,26 +516,42 @@ def test_parallel_inner_loso_trains_the_inner_folds_side_by_side_and_matches_the
     assert curves[0]["curve"] == pytest.approx(curves[1]["curve"], abs=1e-4)
 
 
-def mark_or_fail(marker: str, fail: bool) -> str:
-    """A worker job for _in_workers (module level, so a spawned worker can import it): fail at once, or take a
-    moment and leave a marker file."""
+def mark_or_fail(marker: str, fail: bool, seconds: float = 1.5) -> str:
+    """A worker job for _in_workers (module level, so a spawned worker can import it): fail at once, or take
+    `seconds` and leave a marker file."""
     if fail:
         raise RuntimeError(f"{Path(marker).name} failed")
-    time.sleep(1.5)
+    time.sleep(seconds)
     Path(marker).touch()
     return marker
 
 
 def test_a_failing_worker_job_is_raised_and_no_more_work_is_handed_out(tmp_path):
-    calls = [(i, (str(tmp_path / f"job-{i}"), i == 0)) for i in range(8)]
+    calls = [WorkerCall((i,), mark_or_fail, (str(tmp_path / f"job-{i}"), i == 0)) for i in range(8)]
     finished = []
     with pytest.raises(RuntimeError, match="job-0 failed"):
-        for key, _ in _in_workers(1, mark_or_fail, calls):
+        for key, _ in _in_workers(1, calls):
             finished.append(key)
     assert finished == [], "the failure is raised before any later job's result is yielded"
     ran = sorted(p.name for p in tmp_path.glob("job-*"))
     # The executor may already have passed a call or two to the worker; of the seven, the rest are cancelled.
     assert len(ran) <= 3, f"work was still handed out after the first failure: {ran}"
+
+
+def test_a_call_handed_out_when_its_dependency_ends_runs_beside_a_slower_one(tmp_path):
+    """With two workers, "after" waits for "quick" alone, not for the slow call still running beside it."""
+    def job(name: str, seconds: float) -> WorkerCall:
+        return WorkerCall((name,), mark_or_fail, (str(tmp_path / name), False, seconds))
+
+    handed_out = []
+
+    def then(key: tuple) -> list[WorkerCall]:
+        handed_out.append(key)
+        return [job("after", 0.1)] if key == ("quick",) else []
+
+    order = [key[0] for key, _ in _in_workers(2, [job("slow", 6.0), job("quick", 0.1)], then=then)]
+    assert order == ["quick", "after", "slow"]
+    assert handed_out == [("quick",), ("after",), ("slow",)]
 
 
 def interrupt_at_the_second_inner_fold(config, out: Path, monkeypatch) -> None:
