@@ -15,7 +15,8 @@ from atfnn.cli import main
 from atfnn.config import ModelConfig, load_config
 from atfnn.errors import ConfigError
 from atfnn.experiment import (
-    LOCK, WorkerCall, _in_workers, check_run_dir, final_epochs, rescore_run, run_experiment, run_lock, t_encoder_precision,
+    LOCK, WorkerCall, _in_workers, check_run_dir, final_epochs, rescore_run, run_experiment, run_lock,
+    t_encoder_precision,
 )
 from atfnn.metrics import uar, war
 from atfnn.model import build_model
