@@ -306,8 +306,9 @@ def _run_local_parallel(
     for key, result in _in_workers(workers, calls, then=released):
         if len(key) == 3:  # an inner fold: (seed, outer fold, left-out speaker)
             seed, fold, name = key
+            curve = result["curve"]
             log(f"seed {seed}, fold {fold.name}, inner fold {name}: best inner validation "
-                f"{max(result['curve']):.2f} at epoch {int(np.argmax(result['curve'])) + 1} ({result['seconds']:.0f} s)")
+                f"{max(curve):.2f} at epoch {int(np.argmax(curve)) + 1} ({result['seconds']:.0f} s)")
             continue
         seed, fold = key
         log(f"seed {seed}, fold {fold.name}: UAR {result['uar']:.2f}  WAR {result['war']:.2f}  "
