@@ -500,13 +500,20 @@ EXPORT_PATTERNS = (
 )
 
 
+def _unfinished_log(path: Path) -> bool:
+    """A log.csv beside neither done.json (fold) nor curve.json (inner fold): a training still going or cut off."""
+    # A resumed copy starts such a training again, so its half log would only mislead a reader of results/.
+    return path.name == "log.csv" and not any((path.parent / name).is_file() for name in ("done.json", "curve.json"))
+
+
 def export_run(run_dir: str | Path, dest: str | Path) -> list[Path]:
     """Copy a run's small files (EXPORT_PATTERNS) to dest, keeping the layout; returns the written paths.
 
     The fold set goes once into the shared folds/ above dest (`atfnn.foldsets.shared_store`), dest/foldset.json
     names it, and the uids of the predictions become relative to the corpus root: no machine path is kept. A run
     made before fold sets is exported the same way. For keeping results in the repository: `atfnn train ... --out
-    dest-copy` resumes from such a copy (unfinished folds start again, as their checkpoints are not copied).
+    dest-copy` resumes from such a copy (unfinished folds start again, as their checkpoints and logs are not
+    copied).
     """
     import shutil
 
@@ -516,7 +523,7 @@ def export_run(run_dir: str | Path, dest: str | Path) -> list[Path]:
     copied, base = foldsets.export_folds(run_dir, dest)
     for pattern in EXPORT_PATTERNS:
         for path in sorted(run_dir.glob(pattern)):
-            if path.is_file():
+            if path.is_file() and not _unfinished_log(path):
                 target = dest / path.relative_to(run_dir)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if path.name == "predictions.csv":

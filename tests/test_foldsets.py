@@ -215,6 +215,24 @@ def test_export_stores_one_set_for_two_runs_and_keeps_no_machine_path(corpus, tm
     assert foldsets.foldset_path(results / "baselines" / "b") == sets[0], "results/baselines/<run> shares the store"
 
 
+def test_export_leaves_out_the_logs_of_trainings_that_did_not_finish(corpus, tmp_path):
+    root, utts = corpus
+    run = tmp_path / "runs" / "a"
+    old_run(run, root, utts)
+    finished, cut = run / "seed-0" / "s0", run / "seed-1" / "s0"  # seed 1 was stopped in its first fold
+    inner_done, inner_cut = finished / "inner" / "s1", finished / "inner" / "s2"
+    for directory in (cut, inner_done, inner_cut):
+        directory.mkdir(parents=True)
+    (inner_done / "curve.json").write_text("{}")
+    for directory in (finished, cut, inner_done, inner_cut):
+        (directory / "log.csv").write_text("epoch,loss\n1,1.0\n")
+    dest = tmp_path / "results" / "a"
+    copied = export_run(run, dest)
+    logs = {p.parent.relative_to(dest) for p in copied if p.name == "log.csv"}
+    assert logs == {Path("seed-0/s0"), Path("seed-0/s0/inner/s1")}
+    assert not (dest / "seed-1").exists() and not (dest / "seed-0" / "s0" / "inner" / "s2").exists()
+
+
 def test_export_into_a_store_that_has_the_split_files_reuses_them(corpus, tmp_path):
     root, utts = corpus
     store = tmp_path / "results" / "folds"
